@@ -1,0 +1,131 @@
+// pybind11 module `sparseinfer._C`. Takes raw pointers and sizes (no libtorch): python/sparseinfer/ops.py
+// validates every tensor first; here we re-check what can be seen and throw on anything odd.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "sparseinfer/cpu_features.h"
+#include "sparseinfer/csr_linear.h"
+#include "sparseinfer/thread_pool.h"
+
+namespace py = pybind11;
+using namespace sparseinfer;
+
+namespace {
+
+template <class T>
+T* ptr(uintptr_t address) { return reinterpret_cast<T*>(address); }
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("csr_linear: " + what);
+}
+
+DType dtype_from_code(int code) {
+  require(code >= 0 && code <= 2, "unknown dtype code " + std::to_string(code));
+  return static_cast<DType>(code);
+}
+
+PackedCsr packed_csr(int64_t rows, int64_t cols, int dtype, uintptr_t values, uintptr_t local_idx,
+                     uintptr_t counts, uintptr_t block_offsets, uintptr_t block_nnz_prefix,
+                     uintptr_t bitmask) {
+  require(rows >= 0 && cols >= 0, "negative weight shape");
+  PackedCsr w;
+  w.rows = rows;
+  w.cols = cols;
+  w.panels = (cols + kPanelCols - 1) / kPanelCols;
+  w.row_blocks = (rows + kRowBlock - 1) / kRowBlock;
+  w.dtype = dtype_from_code(dtype);
+  require(values && local_idx && block_nnz_prefix, "null weight pointer");
+  require(w.panels == 0 || (counts && block_offsets), "null weight pointer");
+  w.values = ptr<const void>(values);
+  w.local_idx = ptr<const uint8_t>(local_idx);
+  w.counts = ptr<const uint8_t>(counts);
+  w.block_offsets = ptr<const int64_t>(block_offsets);
+  w.block_nnz_prefix = ptr<const int64_t>(block_nnz_prefix);
+  w.bitmask = ptr<const uint16_t>(bitmask);
+  return w;
+}
+
+py::dict cpu_features_dict() {
+  const cpu::CpuFeatures& f = cpu::cpu_features();
+  py::dict d;
+#define SI_FEATURE(name) d[#name] = f.name
+  SI_FEATURE(avx2); SI_FEATURE(fma); SI_FEATURE(f16c); SI_FEATURE(bmi2); SI_FEATURE(popcnt);
+  SI_FEATURE(avx512f); SI_FEATURE(avx512bw); SI_FEATURE(avx512vl); SI_FEATURE(avx512dq);
+  SI_FEATURE(avx512_vnni); SI_FEATURE(avx512_bf16); SI_FEATURE(avx512_fp16);
+  SI_FEATURE(amx_tile); SI_FEATURE(amx_int8); SI_FEATURE(amx_bf16);
+  SI_FEATURE(os_avx); SI_FEATURE(os_avx512); SI_FEATURE(os_amx);
+#undef SI_FEATURE
+  return d;
+}
+
+std::vector<std::string> isa_list(bool (*pred)(cpu::Isa)) {
+  std::vector<std::string> out;
+  for (int i = 0; i < cpu::kIsaCount; ++i)
+    if (pred(static_cast<cpu::Isa>(i))) out.emplace_back(cpu::isa_name(static_cast<cpu::Isa>(i)));
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "sparseinfer native CPU kernels (raw pointers; use sparseinfer.ops)";
+
+  m.def("cpu_features", &cpu_features_dict, "CPU/OS features detected with cpuid/xgetbv");
+  m.def("compiled_isas", [] { return isa_list(&cpu::isa_compiled); });
+  m.def("supported_isas", [] { return isa_list(&cpu::isa_supported); });
+  m.def("best_isa", [] { return std::string(cpu::isa_name(cpu::best_isa())); });
+  m.def("active_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); });
+  m.def("set_isa", [](const std::string& name) { cpu::set_active_isa(cpu::isa_from_name(name)); },
+        py::arg("name"));
+  m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));
+  m.def("pool_size", &cpu::pool_size);
+  m.def("build_info", [] {
+    py::dict d;
+    d["version"] = SPARSEINFER_VERSION;
+    d["compiler"] = SPARSEINFER_COMPILER;
+    d["x86"] = bool(SPARSEINFER_X86);
+    d["panel_cols"] = kPanelCols;
+    d["row_block"] = kRowBlock;
+    d["values_pad"] = kValuesPad;
+    return d;
+  });
+
+  m.def(
+      "csr_linear",
+      [](int64_t m_tokens, uintptr_t x, uintptr_t y, uintptr_t bias, int dtype, int64_t rows,
+         int64_t cols, uintptr_t values, uintptr_t local_idx, uintptr_t counts,
+         uintptr_t block_offsets, uintptr_t block_nnz_prefix, uintptr_t bitmask, int num_threads) {
+        require(m_tokens >= 0, "negative number of tokens");
+        require(num_threads >= 1, "num_threads must be >= 1");
+        CsrLinearCall call;
+        call.w = packed_csr(rows, cols, dtype, values, local_idx, counts, block_offsets,
+                            block_nnz_prefix, bitmask);
+        call.m = m_tokens;
+        require(m_tokens == 0 || rows == 0 || (x && y), "null activation/output pointer");
+        call.x = ptr<const void>(x);
+        call.out.y = ptr<void>(y);
+        call.out.bias = ptr<const void>(bias);
+        call.out.dtype = call.w.dtype;
+        py::gil_scoped_release release;
+        csr_linear(call, num_threads);
+      },
+      py::arg("m"), py::arg("x"), py::arg("y"), py::arg("bias"), py::arg("dtype"), py::arg("rows"),
+      py::arg("cols"), py::arg("values"), py::arg("local_idx"), py::arg("counts"),
+      py::arg("block_offsets"), py::arg("block_nnz_prefix"), py::arg("bitmask"),
+      py::arg("num_threads"));
+
+  m.def(
+      "csr_linear_path",
+      [](int64_t m_tokens, bool has_bitmask) {
+        PackedCsr w;
+        w.bitmask = has_bitmask ? reinterpret_cast<const uint16_t*>(1) : nullptr;
+        return std::string(csr_linear_path(w, m_tokens));
+      },
+      py::arg("m"), py::arg("has_bitmask"));
+
+  // Fail at import, loudly, if SPARSEINFER_CPU_ISA names an ISA this CPU lacks.
+  cpu::active_isa();
+}

@@ -1,0 +1,94 @@
+// AVX2+FMA+F16C CSR kernels: a permutation table expands 8-column bitmask chunks, vgatherdps
+// serves the u8-index path, 8 tokens per ymm in the token path.
+#include <immintrin.h>
+
+#include <array>
+#include <cstring>
+
+#include "common.h"
+
+namespace sparseinfer {
+namespace {
+
+// For an 8-bit mask: lane j takes the value at position popcount(mask & ((1 << j) - 1)).
+constexpr std::array<std::array<int32_t, 8>, 256> make_expand_table() {
+  std::array<std::array<int32_t, 8>, 256> t{};
+  for (int m = 0; m < 256; ++m) {
+    int pos = 0;
+    for (int j = 0; j < 8; ++j) t[m][j] = (m >> j & 1) ? pos++ : 0;
+  }
+  return t;
+}
+alignas(64) constexpr auto kExpandTable = make_expand_table();
+alignas(32) constexpr int32_t kTailMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+struct Simd {
+  using V = __m256;
+  static constexpr int L = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static float reduce(V a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static __m256 tail(int n) {
+    return _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTailMask + 8 - n)));
+  }
+  template <DType DT>
+  static V load8(const void* vals, int64_t off) {  // reads 8 values (padding makes this safe)
+    if constexpr (DT == DType::f32) {
+      return _mm256_loadu_ps(static_cast<const float*>(vals) + off);
+    } else {
+      __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(vals) + off));
+      if constexpr (DT == DType::bf16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      else
+        return _mm256_cvtph_ps(h);
+    }
+  }
+  template <DType DT>
+  static V load_vals_tail(const void* vals, int64_t off, int n) {
+    return _mm256_and_ps(load8<DT>(vals, off), tail(n));
+  }
+  static V gather_tail(const float* base, const uint8_t* idx, int n) {
+    __m256i iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(idx)));
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, iv, tail(n), 4);
+  }
+  static V expand8(V v, unsigned m8) {
+    __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpandTable[m8].data()));
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    __m256i lane = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(m8)), bits), bits);
+    return _mm256_and_ps(_mm256_permutevar8x32_ps(v, perm), _mm256_castsi256_ps(lane));
+  }
+  template <DType DT>
+  static void expand16(const void* vals, int64_t off, uint16_t word, V* out) {
+    unsigned lo = word & 0xffu, hi = word >> 8;
+    out[0] = expand8(load8<DT>(vals, off), lo);
+    out[1] = expand8(load8<DT>(vals, off + __builtin_popcount(lo)), hi);
+  }
+  template <DType DT>
+  static V bcast_val(const void* vals, int64_t off) {
+    if constexpr (DT == DType::f32) {
+      return _mm256_set1_ps(static_cast<const float*>(vals)[off]);
+    } else {
+      uint16_t h = static_cast<const uint16_t*>(vals)[off];
+      if constexpr (DT == DType::bf16)
+        return _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(uint32_t(h) << 16)));
+      else
+        return _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(h)));
+    }
+  }
+};
+
+#include "simd_kernels.h"
+
+}  // namespace
+
+const CsrKernels csr_kernels_avx2 = {"avx2", 8, 4, rows_gather, rows_expand, tokens};
+
+}  // namespace sparseinfer

@@ -1,0 +1,71 @@
+// AVX-512 (F/BW/VL/DQ) CSR kernels: vexpandps for the m<8 bitmask path, vgatherdps for the
+// u8-index path, 16 tokens per zmm in the token path.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "common.h"
+
+namespace sparseinfer {
+namespace {
+
+struct Simd {
+  using V = __m512;
+  static constexpr int L = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static float reduce(V a) { return _mm512_reduce_add_ps(a); }
+  static __mmask16 tail(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+
+  template <DType DT>
+  static V widen(__m256i h) {
+    if constexpr (DT == DType::bf16)
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    else
+      return _mm512_cvtph_ps(h);
+  }
+  template <DType DT>
+  static V load_vals_tail(const void* vals, int64_t off, int n) {
+    if constexpr (DT == DType::f32)
+      return _mm512_maskz_loadu_ps(tail(n), static_cast<const float*>(vals) + off);
+    else
+      return widen<DT>(_mm256_maskz_loadu_epi16(tail(n), static_cast<const uint16_t*>(vals) + off));
+  }
+  static V gather_tail(const float* base, const uint8_t* idx, int n) {
+    __m512i iv = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)));
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), tail(n), iv, base, 4);
+  }
+  template <DType DT>
+  static void expand16(const void* vals, int64_t off, uint16_t word, V* out) {
+    V v;
+    if constexpr (DT == DType::f32)
+      v = _mm512_loadu_ps(static_cast<const float*>(vals) + off);
+    else
+      v = widen<DT>(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(vals) + off)));
+    out[0] = _mm512_maskz_expand_ps(word, v);
+  }
+  template <DType DT>
+  static V bcast_val(const void* vals, int64_t off) {
+    if constexpr (DT == DType::f32) {
+      return _mm512_set1_ps(static_cast<const float*>(vals)[off]);
+    } else {
+      uint16_t h = static_cast<const uint16_t*>(vals)[off];
+      if constexpr (DT == DType::bf16)
+        return _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(uint32_t(h) << 16)));
+      else
+        return _mm512_cvtph_ps(_mm256_set1_epi16(static_cast<short>(h)));
+    }
+  }
+};
+
+#include "simd_kernels.h"
+
+}  // namespace
+
+const CsrKernels csr_kernels_avx512 = {"avx512", 16, 4, rows_gather, rows_expand, tokens};
+
+}  // namespace sparseinfer

@@ -1,0 +1,130 @@
+// Threaded driver for csr_linear: chooses the ISA tier and the path, converts/lays out x once,
+// and splits row blocks across threads by non-zeros.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+#include "sparseinfer/cpu_features.h"
+#include "sparseinfer/thread_pool.h"
+
+namespace sparseinfer {
+namespace {
+
+// m below this takes a row kernel (expand if a bitmask was packed, else gather); the rest
+// vectorise along tokens. Chosen from bench/ measurements on AVX-512.
+constexpr int64_t kTokensMinM = 4;
+// Work (non-zero x token FMAs) below which a call stays on one thread.
+constexpr int64_t kMinWorkPerThread = 1 << 16;
+// Per (row, panel) overhead, in non-zero equivalents, when balancing blocks across threads.
+constexpr int64_t kRowPanelCost = 2;
+
+const CsrKernels& kernels_for(cpu::Isa isa) {
+  switch (isa) {
+#if SPARSEINFER_X86
+    case cpu::Isa::avx512: return csr_kernels_avx512;
+    case cpu::Isa::avx2: return csr_kernels_avx2;
+#endif
+    default: return csr_kernels_reference;
+  }
+}
+
+int64_t block_cost(const PackedCsr& w, int64_t b) {
+  return w.block_nnz_prefix[b] + b * kRowBlock * w.panels * kRowPanelCost;
+}
+
+// Task t of n gets row blocks [first, last) with roughly equal cost.
+struct BlockSplit {
+  const PackedCsr& w;
+  int n;
+  int64_t split(int t) const {
+    if (t <= 0) return 0;
+    if (t >= n) return w.row_blocks;
+    int64_t target = block_cost(w, w.row_blocks) * t / n;
+    int64_t lo = 0, hi = w.row_blocks;
+    while (lo < hi) {  // first block whose starting cost reaches target
+      int64_t mid = (lo + hi) / 2;
+      if (block_cost(w, mid) < target) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+};
+
+int choose_tasks(const PackedCsr& w, int64_t m, int num_threads) {
+  int64_t work = (w.block_nnz_prefix[w.row_blocks] + w.rows * w.panels * kRowPanelCost) * m;
+  int64_t by_work = std::max<int64_t>(1, work / kMinWorkPerThread);
+  return static_cast<int>(std::min<int64_t>({num_threads, w.row_blocks, by_work}));
+}
+
+template <class F>
+void run_blocks(const PackedCsr& w, int tasks, F&& body) {
+  BlockSplit split{w, tasks};
+  cpu::parallel_for_tasks(tasks, [&](int t, int) {
+    int64_t b0 = split.split(t), b1 = split.split(t + 1);
+    if (b0 < b1) body(b0, b1);
+  });
+}
+
+bool use_row_kernels(int64_t m) { return m < kTokensMinM; }
+
+}  // namespace
+
+const char* csr_linear_path(const PackedCsr& w, int64_t m) {
+  if (use_row_kernels(m)) return w.bitmask ? "rows_expand" : "rows_gather";
+  return "tokens";
+}
+
+void csr_linear(const CsrLinearCall& call, int num_threads) {
+  const PackedCsr& w = call.w;
+  const int64_t m = call.m;
+  if (m == 0 || w.rows == 0) return;
+  const CsrKernels& k = kernels_for(cpu::active_isa());
+  const int64_t padded_cols = w.panels * kPanelCols + kXPad;
+  const int tasks = choose_tasks(w, m, num_threads);
+  thread_local std::vector<float> scratch;
+
+  if (use_row_kernels(m)) {
+    scratch.assign(m * padded_cols, 0.f);
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t c = 0; c < w.cols; ++c)
+        scratch[t * padded_cols + c] = load_as_f32(w.dtype, call.x, t * w.cols + c);
+    RowsKernel kernel = w.bitmask ? k.rows_expand : k.rows_gather;
+    const float* x = scratch.data();
+    run_blocks(w, tasks, [&](int64_t b0, int64_t b1) {
+      kernel(w, x, padded_cols, m, b0, b1, call.out);
+    });
+    return;
+  }
+
+  // Token path: x^T tiles of up to lanes * max_vecs tokens, packed once per call.
+  const int64_t widest = int64_t(k.lanes) * k.max_vecs;
+  struct Tile {
+    int64_t t0, mt;
+    int vecs;
+    int64_t offset;
+  };
+  std::vector<Tile> tiles;
+  int64_t total = 0;
+  for (int64_t t0 = 0; t0 < m; t0 += widest) {
+    int64_t mt = std::min(widest, m - t0);
+    int vecs = static_cast<int>((mt + k.lanes - 1) / k.lanes);
+    tiles.push_back({t0, mt, vecs, total});
+    total += padded_cols * vecs * k.lanes;
+  }
+  scratch.resize(total);
+  float* xt = scratch.data();
+  const int pack_tasks = std::min<int>(num_threads, static_cast<int>(std::max<int64_t>(1, m * w.cols / kMinWorkPerThread)));
+  cpu::parallel_for_tasks(pack_tasks, [&](int t, int n) {
+    int64_t c0 = padded_cols * t / n, c1 = padded_cols * (t + 1) / n;
+    for (const Tile& tile : tiles)
+      pack_tokens(w.dtype, call.x, w.cols, tile.t0, tile.mt, int64_t(tile.vecs) * k.lanes, c0, c1,
+                  xt + tile.offset);
+  });
+  run_blocks(w, tasks, [&](int64_t b0, int64_t b1) {
+    for (const Tile& tile : tiles)
+      k.tokens(w, xt + tile.offset, tile.vecs, tile.t0, tile.mt, b0, b1, call.out);
+  });
+}
+
+}  // namespace sparseinfer

@@ -1,0 +1,55 @@
+"""sparseinfer: sparse and low-precision inference kernels for PyTorch models."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from ._native import _C
+from . import ops, reference, formats, nn
+from .formats import CSR
+from .nn import CSRLinear, sparsify, SparsifyReport
+
+__version__ = _C.build_info()["version"]
+
+__all__ = [
+    "CSR", "CSRLinear", "sparsify", "SparsifyReport", "ops", "reference", "formats", "nn",
+    "cpu_features", "build_info", "set_cpu_isa", "cpu_isa",
+]
+
+
+def cpu_features() -> dict:
+    """CPU and OS features detected at import (cpuid + xgetbv)."""
+    return dict(_C.cpu_features())
+
+
+def build_info() -> dict:
+    """What this build contains and what dispatch chose.
+
+    Keys: version, compiler, compiled_isas, supported_isas (compiled and runnable here),
+    best_isa, active_isa (after SPARSEINFER_CPU_ISA / set_cpu_isa), threads (pool size now).
+    """
+    info = dict(_C.build_info())
+    info.update(
+        compiled_isas=list(_C.compiled_isas()),
+        supported_isas=list(_C.supported_isas()),
+        best_isa=_C.best_isa(),
+        active_isa=_C.active_isa(),
+        thread_pool_size=_C.pool_size(),
+    )
+    return info
+
+
+def set_cpu_isa(name: str) -> None:
+    """Force the CPU kernel tier: 'reference', 'avx2' or 'avx512' (must be supported here)."""
+    _C.set_isa(name)
+
+
+@contextlib.contextmanager
+def cpu_isa(name: str) -> Iterator[None]:
+    """Context manager form of set_cpu_isa; restores the previous tier on exit."""
+    previous = _C.active_isa()
+    _C.set_isa(name)
+    try:
+        yield
+    finally:
+        _C.set_isa(previous)

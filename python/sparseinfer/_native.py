@@ -1,0 +1,20 @@
+"""Loads the native module. A failed import is an error, never a silent fallback."""
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    raise ImportError(
+        "sparseinfer's native module (sparseinfer._C) failed to load: "
+        f"{exc}. Reinstall with `pip install .` from the repository root."
+    ) from exc
+
+# Codes shared with csrc/include/sparseinfer/dtype.h (enum class DType).
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+FLOAT_DTYPES = tuple(DTYPE_CODES)
+
+PANEL_COLS = _C.build_info()["panel_cols"]
+ROW_BLOCK = _C.build_info()["row_block"]
+VALUES_PAD = _C.build_info()["values_pad"]

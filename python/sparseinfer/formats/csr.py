@@ -1,0 +1,315 @@
+"""Unstructured sparse (CSR) weights, packed once for the CPU kernels.
+
+Canonical form (what checkpoints and ``to_csr_arrays`` hold): ``indptr`` int64 [rows + 1],
+``indices`` [nnz] in the smallest safe width (uint16 when cols <= 65536, else int32), ``values``
+[nnz] fp32/bf16/fp16, row-major and sorted by column within a row.
+
+Kernel form (what this object stores; see csrc/include/sparseinfer/csr_linear.h): columns are cut
+into panels of 128; non-zeros are stored panel-major, then by row, then by column, each with its
+column inside the panel as a uint8 (so any number of columns works). Per (panel, row) a count,
+per (panel, 64-row block) an offset, and, for denser matrices, a 128-bit row mask that lets the
+m=1 kernel expand values into dense lanes ("load as sparse, compute as dense"). The canonical
+arrays are rebuilt from this on demand, so the values are held once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+from .._native import FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
+
+# At or above this density the m=1 path expands a bitmask (cost per column); below it, it
+# gathers by index (cost per non-zero). Measured crossover on AVX-512, see bench/results.
+BITMASK_MIN_DENSITY = 0.2
+_MASK_BYTES = PANEL_COLS // 8
+
+
+class FormatError(ValueError):
+    """Format data is malformed (untrusted input rejected before any kernel sees it)."""
+
+
+def _fail(name: str, message: str) -> None:
+    raise FormatError(f"CSR {name}: {message}")
+
+
+@dataclass(frozen=True)
+class _Packed:
+    values: torch.Tensor          # [nnz + VALUES_PAD]
+    local_idx: torch.Tensor       # uint8 [nnz + VALUES_PAD]
+    counts: torch.Tensor          # uint8 [panels, rows]
+    block_offsets: torch.Tensor   # int64 [panels, row_blocks + 1]
+    block_nnz_prefix: torch.Tensor  # int64 [row_blocks + 1]
+    bitmask: Optional[torch.Tensor]  # uint8 [panels, rows, 16] or None
+
+
+class CSR:
+    """A sparse [rows, cols] weight matrix (rows = out_features, cols = in_features).
+
+    Build with :meth:`from_dense` or :meth:`from_csr` (which validates untrusted arrays).
+    """
+
+    __slots__ = ("shape", "nnz", "_p")
+
+    def __init__(self, shape: tuple[int, int], nnz: int, packed: _Packed):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.nnz = int(nnz)
+        self._p = packed
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, bitmask: Union[bool, str] = "auto") -> "CSR":
+        """Pack a dense 2-D weight; exact zeros are dropped."""
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+        if weight.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"weight dtype must be one of {FLOAT_DTYPES}, got {weight.dtype}")
+        if weight.device.type != "cpu":
+            raise ValueError(f"weight must be on the CPU, got {weight.device}")
+        weight = weight.detach()
+        rows_idx, cols_idx = (weight != 0).nonzero(as_tuple=True)
+        return cls._pack(weight.shape, rows_idx, cols_idx, weight[rows_idx, cols_idx], bitmask)
+
+    @classmethod
+    def from_csr(cls, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+                 shape, bitmask: Union[bool, str] = "auto") -> "CSR":
+        """Pack canonical CSR arrays after validating them (safe on untrusted data)."""
+        rows, cols = cls.validate_arrays(indptr, indices, values, shape)
+        counts = indptr[1:] - indptr[:-1]
+        rows_idx = torch.repeat_interleave(torch.arange(rows, dtype=torch.int64), counts)
+        return cls._pack((rows, cols), rows_idx, indices.to(torch.int64), values, bitmask)
+
+    @staticmethod
+    def validate_arrays(indptr, indices, values, shape) -> tuple[int, int]:
+        """Prove canonical CSR arrays are well formed; returns (rows, cols) or raises FormatError."""
+        try:
+            rows, cols = (int(s) for s in (shape.tolist() if isinstance(shape, torch.Tensor) else shape))
+        except (TypeError, ValueError):
+            _fail("shape", f"must be two integers, got {shape!r}")
+        if rows < 0 or cols < 0:
+            _fail("shape", f"must be non-negative, got {(rows, cols)}")
+        for name, t in (("indptr", indptr), ("indices", indices), ("values", values)):
+            if not isinstance(t, torch.Tensor):
+                _fail(name, f"must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 1:
+                _fail(name, f"must be 1-D, got shape {tuple(t.shape)}")
+            if t.device.type != "cpu":
+                _fail(name, f"must be on the CPU, got {t.device}")
+        if indptr.dtype not in (torch.int32, torch.int64):
+            _fail("indptr", f"dtype must be int32 or int64, got {indptr.dtype}")
+        if indices.dtype not in (torch.uint16, torch.int16, torch.int32, torch.int64):
+            _fail("indices", f"dtype must be an integer type, got {indices.dtype}")
+        if values.dtype not in FLOAT_DTYPES:
+            _fail("values", f"dtype must be one of {FLOAT_DTYPES}, got {values.dtype}")
+        if indptr.numel() != rows + 1:
+            _fail("indptr", f"length must be rows + 1 = {rows + 1}, got {indptr.numel()}")
+        ip = indptr.to(torch.int64)
+        nnz = indices.numel()
+        if ip[0].item() != 0:
+            _fail("indptr", f"must start at 0, got {ip[0].item()}")
+        if rows and bool((ip[1:] < ip[:-1]).any()):
+            bad = int((ip[1:] < ip[:-1]).nonzero()[0, 0])
+            _fail("indptr", f"must be non-decreasing; indptr[{bad + 1}] < indptr[{bad}]")
+        if ip[-1].item() != nnz:
+            _fail("indptr", f"last entry must equal nnz = len(indices) = {nnz}, got {ip[-1].item()}")
+        if values.numel() != nnz:
+            _fail("values", f"length must equal len(indices) = {nnz}, got {values.numel()}")
+        if nnz:
+            idx = indices.to(torch.int64)
+            if indices.dtype == torch.int16:  # int16 storage of uint16 data
+                idx = idx & 0xFFFF
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= cols:
+                bad = int(((idx < 0) | (idx >= cols)).nonzero()[0, 0])
+                _fail("indices", f"indices[{bad}] = {int(idx[bad])} is outside [0, {cols})")
+            row_of = torch.repeat_interleave(torch.arange(rows, dtype=torch.int64), ip[1:] - ip[:-1])
+            key = row_of * cols + idx
+            if nnz > 1 and bool((key[1:] <= key[:-1]).any()):
+                bad = int((key[1:] <= key[:-1]).nonzero()[0, 0]) + 1
+                _fail("indices", f"must be strictly increasing within each row; "
+                      f"indices[{bad}] = {int(idx[bad])} in row {int(row_of[bad])} is not")
+        return rows, cols
+
+    @classmethod
+    def _pack(cls, shape, rows_idx, cols_idx, values, bitmask) -> "CSR":
+        rows, cols = int(shape[0]), int(shape[1])
+        nnz = int(values.numel())
+        panels = -(-cols // PANEL_COLS)
+        row_blocks = -(-rows // ROW_BLOCK)
+        panel = cols_idx // PANEL_COLS
+        local = cols_idx - panel * PANEL_COLS
+        key = panel * rows + rows_idx  # (panel, row) cell; input is already column-sorted per row
+        order = torch.argsort(key, stable=True)
+        key = key[order]
+        local = local[order]
+        dtype = values.dtype
+        packed_values = torch.zeros(nnz + VALUES_PAD, dtype=dtype)
+        packed_values[:nnz] = values[order]
+        packed_idx = torch.zeros(nnz + VALUES_PAD, dtype=torch.uint8)
+        packed_idx[:nnz] = local.to(torch.uint8)
+        counts = torch.bincount(key, minlength=panels * rows).view(panels, rows)
+        padded = torch.zeros(panels, row_blocks * ROW_BLOCK, dtype=torch.int64)
+        padded[:, :rows] = counts
+        block_nnz = padded.view(panels, row_blocks, ROW_BLOCK).sum(-1)  # [panels, row_blocks]
+        starts = torch.cumsum(block_nnz.flatten(), 0) - block_nnz.flatten()
+        block_offsets = torch.empty(panels, row_blocks + 1, dtype=torch.int64)
+        block_offsets[:, :row_blocks] = starts.view(panels, row_blocks)
+        block_offsets[:, row_blocks] = (
+            torch.cumsum(block_nnz.sum(1), 0) if panels else torch.zeros(0, dtype=torch.int64))
+        block_nnz_prefix = torch.zeros(row_blocks + 1, dtype=torch.int64)
+        block_nnz_prefix[1:] = torch.cumsum(block_nnz.sum(0), 0)
+        density = nnz / max(1, rows * cols)
+        if bitmask == "auto":
+            bitmask = density >= BITMASK_MIN_DENSITY
+        mask_bytes = None
+        if bitmask:
+            bits = torch.zeros(panels * rows * PANEL_COLS, dtype=torch.bool)
+            bits[key * PANEL_COLS + local] = True
+            weights = (1 << torch.arange(8, dtype=torch.int32))
+            mask_bytes = (bits.view(panels, rows, _MASK_BYTES, 8).to(torch.int32) * weights).sum(-1)
+            mask_bytes = mask_bytes.to(torch.uint8).contiguous()
+        packed = _Packed(packed_values, packed_idx, counts.to(torch.uint8).contiguous(),
+                         block_offsets, block_nnz_prefix, mask_bytes)
+        return cls((rows, cols), nnz, packed)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._p.values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._p.values.device
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(1, self.rows * self.cols)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    @property
+    def has_bitmask(self) -> bool:
+        return self._p.bitmask is not None
+
+    @property
+    def packed(self) -> _Packed:
+        """The kernel tensors (read-only by contract)."""
+        return self._p
+
+    def index_dtype(self) -> torch.dtype:
+        """Smallest safe canonical index width for this matrix."""
+        return torch.uint16 if self.cols <= 65536 else torch.int32
+
+    def nbytes(self) -> int:
+        """Bytes held by the packed form."""
+        p = self._p
+        tensors = [p.values, p.local_idx, p.counts, p.block_offsets, p.block_nnz_prefix]
+        if p.bitmask is not None:
+            tensors.append(p.bitmask)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def bytes_read(self, m: int) -> int:
+        """Weight bytes a csr_linear call with m tokens streams (the memory-bound cost at m=1)."""
+        from .. import ops  # path choice lives with the op
+        p = self._p
+        read = self.nnz * p.values.element_size() + p.counts.numel() + p.block_offsets.numel() * 8
+        if ops.csr_linear_path(self, m) == "rows_expand":
+            return read + p.bitmask.numel()
+        return read + self.nnz
+
+    def dense_nbytes(self) -> int:
+        return self.rows * self.cols * self._p.values.element_size()
+
+    # ------------------------------------------------------------------ unpacking
+    def _cells(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, col) of every stored non-zero, in packed order."""
+        p = self._p
+        panels = p.counts.shape[0]
+        cell = torch.repeat_interleave(torch.arange(panels * self.rows, dtype=torch.int64),
+                                       p.counts.flatten().to(torch.int64))
+        row = cell % max(1, self.rows)
+        col = (cell // max(1, self.rows)) * PANEL_COLS + p.local_idx[: self.nnz].to(torch.int64)
+        return row, col
+
+    def to_dense(self) -> torch.Tensor:
+        dense = torch.zeros(self.shape, dtype=self.dtype)
+        row, col = self._cells()
+        dense[row, col] = self._p.values[: self.nnz]
+        return dense
+
+    def to_csr_arrays(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Canonical (indptr int64, indices uint16|int32, values)."""
+        row, col = self._cells()
+        order = torch.argsort(row * max(1, self.cols) + col)
+        indptr = torch.zeros(self.rows + 1, dtype=torch.int64)
+        indptr[1:] = torch.cumsum(torch.bincount(row, minlength=self.rows), 0)
+        indices = col[order].to(torch.int32)
+        if self.index_dtype() == torch.uint16:
+            indices = indices.to(torch.uint16)
+        return indptr, indices, self._p.values[: self.nnz][order].clone()
+
+    def to(self, dtype: torch.dtype) -> "CSR":
+        """Same matrix with values cast to another float dtype (zeros created by the cast are kept)."""
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+        p = self._p
+        return CSR(self.shape, self.nnz, _Packed(p.values.to(dtype), p.local_idx, p.counts,
+                                                   p.block_offsets, p.block_nnz_prefix, p.bitmask))
+
+    def validate(self) -> None:
+        """Re-prove the packed invariants (e.g. after tensors were loaded or mutated)."""
+        p = self._p
+        panels = -(-self.cols // PANEL_COLS)
+        row_blocks = -(-self.rows // ROW_BLOCK)
+        expect = {
+            "values": (self.nnz + VALUES_PAD,), "local_idx": (self.nnz + VALUES_PAD,),
+            "counts": (panels, self.rows), "block_offsets": (panels, row_blocks + 1),
+            "block_nnz_prefix": (row_blocks + 1,),
+        }
+        for name, shape in expect.items():
+            t = getattr(p, name)
+            if tuple(t.shape) != shape:
+                _fail(name, f"shape must be {shape}, got {tuple(t.shape)}")
+            if not t.is_contiguous() or t.device.type != "cpu":
+                _fail(name, "must be a contiguous CPU tensor")
+        for name, dt in (("local_idx", torch.uint8), ("counts", torch.uint8),
+                         ("block_offsets", torch.int64), ("block_nnz_prefix", torch.int64)):
+            if getattr(p, name).dtype != dt:
+                _fail(name, f"dtype must be {dt}, got {getattr(p, name).dtype}")
+        if p.values.dtype not in FLOAT_DTYPES:
+            _fail("values", f"dtype must be one of {FLOAT_DTYPES}, got {p.values.dtype}")
+        counts = p.counts.to(torch.int64)
+        if counts.numel() and int(counts.max()) > PANEL_COLS:
+            _fail("counts", f"a (panel, row) count exceeds {PANEL_COLS}")
+        if int(counts.sum()) != self.nnz:
+            _fail("counts", f"sum {int(counts.sum())} != nnz {self.nnz}")
+        if self.nnz and int(p.local_idx[: self.nnz].max()) >= PANEL_COLS:
+            _fail("local_idx", f"entries must be < {PANEL_COLS}")
+        row, col = self._cells()
+        cell_key = (col // PANEL_COLS) * max(1, self.rows) * PANEL_COLS + row * PANEL_COLS + col % PANEL_COLS
+        if self.nnz > 1 and bool((cell_key[1:] <= cell_key[:-1]).any()):
+            _fail("local_idx", "must be strictly increasing within each (panel, row)")
+        rebuilt = CSR._pack(self.shape, row, col, p.values[: self.nnz], self.has_bitmask)
+        for name in ("block_offsets", "block_nnz_prefix", "local_idx"):
+            if not torch.equal(getattr(rebuilt._p, name), getattr(p, name)):
+                _fail(name, "inconsistent with counts / local_idx")
+        if p.bitmask is not None and not torch.equal(rebuilt._p.bitmask, p.bitmask):
+            _fail("bitmask", "inconsistent with counts / local_idx")
+
+    def __repr__(self) -> str:
+        return (f"CSR(shape={self.shape}, nnz={self.nnz}, sparsity={self.sparsity:.3f}, "
+                f"dtype={self.dtype}, bitmask={self.has_bitmask})")

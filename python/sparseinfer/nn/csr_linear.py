@@ -1,0 +1,93 @@
+"""CSRLinear: an nn.Linear whose weight is stored and multiplied as CSR."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..formats.csr import CSR, _Packed
+
+_PACKED_FIELDS = ("values", "local_idx", "counts", "block_offsets", "block_nnz_prefix", "bitmask")
+# state_dict keys (canonical CSR, portable; the packed form is rebuilt and validated on load)
+_STATE_KEYS = ("weight_shape", "weight_indptr", "weight_indices", "weight_values")
+
+
+class CSRLinear(nn.Module):
+    """y = x @ W.T + b with W sparse (CSR). Inference only: no gradient flows to W."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self._set_weight(CSR.from_dense(torch.zeros(out_features, in_features, dtype=dtype)))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "CSRLinear":
+        layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+        layer._set_weight(CSR.from_dense(weight))
+        if bias is not None:
+            layer.bias.data = bias.detach().to(weight.dtype).clone()
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "CSRLinear":
+        return cls.from_dense(linear.weight.detach(), linear.bias)
+
+    def _set_weight(self, csr: CSR) -> None:
+        self.nnz = csr.nnz
+        for name in _PACKED_FIELDS:
+            self.register_buffer(f"_csr_{name}", getattr(csr.packed, name), persistent=False)
+
+    @property
+    def weight(self) -> CSR:
+        """The CSR weight, viewed over this module's (possibly moved/cast) buffers."""
+        packed = _Packed(*(getattr(self, f"_csr_{name}") for name in _PACKED_FIELDS))
+        return CSR((self.out_features, self.in_features), self.nnz, packed)
+
+    @property
+    def sparsity(self) -> float:
+        return self.weight.sparsity
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.csr_linear(x.contiguous(), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, sparsity={self.sparsity:.3f}, "
+                f"dtype={self.weight.dtype}")
+
+    # state_dict holds canonical CSR arrays, never the kernel layout.
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        indptr, indices, values = self.weight.to_csr_arrays()
+        destination[prefix + "weight_shape"] = torch.tensor([self.out_features, self.in_features])
+        destination[prefix + "weight_indptr"] = indptr
+        destination[prefix + "weight_indices"] = indices.to(torch.int32)
+        destination[prefix + "weight_values"] = values
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        present = [prefix + k in state_dict for k in _STATE_KEYS]
+        if all(present):
+            shape, indptr, indices, values = (state_dict[prefix + k] for k in _STATE_KEYS)
+            try:
+                csr = CSR.from_csr(indptr, indices, values, shape)
+            except ValueError as exc:
+                error_msgs.append(f"{prefix}weight: {exc}")
+            else:
+                if csr.shape != (self.out_features, self.in_features):
+                    error_msgs.append(f"{prefix}weight: shape {csr.shape} does not match "
+                                      f"({self.out_features}, {self.in_features})")
+                else:
+                    self._set_weight(csr)
+        else:
+            missing_keys.extend(prefix + k for k, ok in zip(_STATE_KEYS, present) if not ok)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        # The parent marks our canonical keys as unexpected: they are ours.
+        ours = {prefix + k for k in _STATE_KEYS}
+        unexpected_keys[:] = [k for k in unexpected_keys if k not in ours]

@@ -1,0 +1,97 @@
+"""sparsify(model): swap qualifying nn.Linear modules for sparse layers, in place."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .._native import FLOAT_DTYPES
+from .csr_linear import CSRLinear
+
+FORMATS = {"csr": CSRLinear}
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    sparsity: float
+    dense_bytes: int
+    sparse_bytes: int  # 0 when not converted
+    converted: bool
+    reason: str = ""
+
+
+@dataclass
+class SparsifyReport:
+    format: str
+    layers: list[LayerReport] = field(default_factory=list)
+
+    @property
+    def converted(self) -> list[LayerReport]:
+        return [layer for layer in self.layers if layer.converted]
+
+    @property
+    def dense_bytes(self) -> int:
+        return sum(layer.dense_bytes for layer in self.converted)
+
+    @property
+    def sparse_bytes(self) -> int:
+        return sum(layer.sparse_bytes for layer in self.converted)
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':40s} {'shape':>14s} {'sparsity':>8s} {'dense MB':>9s} {'sparse MB':>9s}  note"]
+        for l in self.layers:
+            shape = f"{l.shape[0]}x{l.shape[1]}"
+            sparse = f"{l.sparse_bytes / 1e6:9.2f}" if l.converted else f"{'-':>9s}"
+            lines.append(f"{l.name:40s} {shape:>14s} {l.sparsity:8.3f} {l.dense_bytes / 1e6:9.2f} "
+                         f"{sparse}  {'converted' if l.converted else l.reason}")
+        lines.append(f"{len(self.converted)}/{len(self.layers)} Linear layers -> {self.format}; "
+                     f"{self.dense_bytes / 1e6:.2f} MB dense -> {self.sparse_bytes / 1e6:.2f} MB")
+        return "\n".join(lines)
+
+
+def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
+             filter: Optional[Callable[[str, nn.Linear], bool]] = None) -> SparsifyReport:
+    """Replace every nn.Linear of `model` whose weight has at least `min_sparsity` exact zeros
+    with the sparse layer for `format`, in place. `filter(name, linear)` may veto layers.
+    Returns a report of every Linear seen (converted or why not)."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; available: {sorted(FORMATS)}")
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
+    if isinstance(model, nn.Linear):
+        raise ValueError("model is itself an nn.Linear and cannot be swapped in place; "
+                         f"use {FORMATS[format].__name__}.from_linear(model)")
+    layer_cls = FORMATS[format]
+    report = SparsifyReport(format)
+    for name, module in list(model.named_modules()):
+        if type(module) is not nn.Linear:
+            continue
+        weight = module.weight.detach()
+        sparsity = float((weight == 0).sum()) / max(1, weight.numel())
+        dense_bytes = weight.numel() * weight.element_size()
+        entry = LayerReport(name, tuple(weight.shape), sparsity, dense_bytes, 0, False)
+        report.layers.append(entry)
+        if weight.device.type != "cpu":
+            entry.reason = f"on {weight.device} (CPU only for now)"
+        elif weight.dtype not in FLOAT_DTYPES:
+            entry.reason = f"dtype {weight.dtype} not supported"
+        elif sparsity < min_sparsity:
+            entry.reason = f"sparsity below {min_sparsity}"
+        elif filter is not None and not filter(name, module):
+            entry.reason = "excluded by filter"
+        else:
+            sparse = layer_cls.from_linear(module)
+            entry.sparse_bytes = sparse.weight.nbytes()
+            entry.converted = True
+            _replace(model, name, sparse)
+    return report
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -1,0 +1,117 @@
+"""The op contract. Every tensor is checked here before a pointer goes native.
+
+Each op has a public function (takes format objects, validates everything, raises ValueError
+naming the argument) and a ``torch.library`` custom op (``torch.ops.sparseinfer.*``) with a fake
+kernel so torch.compile / torch.export see it. The raw custom op checks sizes cheaply but trusts
+format *contents*, which the format objects proved at pack/load time.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._native import _C, DTYPE_CODES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
+from .formats.csr import CSR
+
+__all__ = ["csr_linear", "csr_linear_path"]
+
+
+def _check_tensor(name: str, t, dtype: torch.dtype) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU (the CUDA backend is not built yet), got {t.device}")
+    if t.dtype != dtype:
+        raise ValueError(f"{name} dtype must be {dtype} (the weight's dtype), got {t.dtype}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+
+
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+@torch.library.custom_op("sparseinfer::csr_linear", mutates_args=())
+def _csr_linear_op(x: torch.Tensor, values: torch.Tensor, local_idx: torch.Tensor,
+                   counts: torch.Tensor, block_offsets: torch.Tensor,
+                   block_nnz_prefix: torch.Tensor, bitmask: Optional[torch.Tensor],
+                   bias: Optional[torch.Tensor], rows: int, cols: int) -> torch.Tensor:
+    """y[m, rows] = x[m, cols] @ W.T + bias for a packed CSR weight (see formats/csr.py)."""
+    _check_raw_sizes(x, values, local_idx, counts, block_offsets, block_nnz_prefix, bitmask,
+                     bias, rows, cols)
+    m = x.shape[0]
+    y = torch.empty(m, rows, dtype=x.dtype)
+    _C.csr_linear(m, _ptr(x), _ptr(y), _ptr(bias), DTYPE_CODES[values.dtype], rows, cols,
+                  _ptr(values), _ptr(local_idx), _ptr(counts), _ptr(block_offsets),
+                  _ptr(block_nnz_prefix), _ptr(bitmask), torch.get_num_threads())
+    return y
+
+
+@_csr_linear_op.register_fake
+def _(x, values, local_idx, counts, block_offsets, block_nnz_prefix, bitmask, bias, rows, cols):
+    return x.new_empty(x.shape[0], rows)
+
+
+def _check_raw_sizes(x, values, local_idx, counts, block_offsets, block_nnz_prefix, bitmask,
+                     bias, rows, cols) -> None:
+    """O(rows) guards for direct callers of torch.ops.sparseinfer.csr_linear."""
+    if values.dtype not in DTYPE_CODES:
+        raise ValueError(f"values dtype must be one of {tuple(DTYPE_CODES)}, got {values.dtype}")
+    if rows < 0 or cols < 0:
+        raise ValueError(f"rows/cols must be non-negative, got {rows}, {cols}")
+    _check_tensor("x", x, values.dtype)
+    if x.dim() != 2 or x.shape[1] != cols:
+        raise ValueError(f"x must be [m, {cols}], got {tuple(x.shape)}")
+    panels, row_blocks = -(-cols // PANEL_COLS), -(-rows // ROW_BLOCK)
+    for name, t, dtype, shape in (
+        ("counts", counts, torch.uint8, (panels, rows)),
+        ("block_offsets", block_offsets, torch.int64, (panels, row_blocks + 1)),
+        ("block_nnz_prefix", block_nnz_prefix, torch.int64, (row_blocks + 1,)),
+    ):
+        _check_tensor(name, t, dtype)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    nnz = int(block_nnz_prefix[-1])
+    _check_tensor("values", values, values.dtype)
+    _check_tensor("local_idx", local_idx, torch.uint8)
+    for name, t in (("values", values), ("local_idx", local_idx)):
+        if t.dim() != 1 or t.numel() != nnz + VALUES_PAD:
+            raise ValueError(f"{name} must be 1-D of length nnz + {VALUES_PAD} = {nnz + VALUES_PAD}")
+    if panels and (int(block_offsets[-1, -1]) != nnz or int(block_offsets.min()) < 0):
+        raise ValueError("block_offsets are inconsistent with nnz")
+    if bitmask is not None:
+        _check_tensor("bitmask", bitmask, torch.uint8)
+        if tuple(bitmask.shape) != (panels, rows, PANEL_COLS // 8):
+            raise ValueError(f"bitmask must have shape {(panels, rows, PANEL_COLS // 8)}")
+    if bias is not None:
+        _check_tensor("bias", bias, values.dtype)
+        if bias.shape != (rows,):
+            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+
+
+def csr_linear(x: torch.Tensor, weight: CSR, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = x @ W.T + bias with W a :class:`~sparseinfer.formats.CSR` of shape [out, in].
+
+    x: [..., in] contiguous CPU tensor in the weight's dtype (fp32, bf16 or fp16); any number
+    of leading dims, including zero tokens. Accumulates in fp32; returns [..., out] in x's dtype.
+    """
+    if not isinstance(weight, CSR):
+        raise ValueError(f"weight must be a sparseinfer.formats.CSR, got {type(weight).__name__}")
+    _check_tensor("x", x, weight.dtype)
+    if x.dim() < 1 or x.shape[-1] != weight.cols:
+        raise ValueError(f"x must have shape [..., {weight.cols}] (in_features), got {tuple(x.shape)}")
+    if bias is not None:
+        _check_tensor("bias", bias, weight.dtype)
+        if bias.shape != (weight.rows,):
+            raise ValueError(f"bias must have shape ({weight.rows},), got {tuple(bias.shape)}")
+    p = weight.packed
+    y = _csr_linear_op(x.reshape(-1, weight.cols), p.values, p.local_idx, p.counts,
+                       p.block_offsets, p.block_nnz_prefix, p.bitmask, bias, weight.rows,
+                       weight.cols)
+    return y.reshape(*x.shape[:-1], weight.rows)
+
+
+def csr_linear_path(weight: CSR, m: int) -> str:
+    """Which kernel path csr_linear takes for m tokens: rows_expand, rows_gather or tokens."""
+    return _C.csr_linear_path(int(m), weight.has_bitmask)
