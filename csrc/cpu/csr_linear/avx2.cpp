@@ -59,6 +59,11 @@ struct Simd {
     __m256i iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(idx)));
     return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, iv, tail(n), 4);
   }
+  struct Panel {
+    const float* xp;
+  };
+  static Panel load_panel(const float* xp) { return {xp}; }
+  static V gather_panel(const Panel& p, const uint8_t* idx, int n) { return gather_tail(p.xp, idx, n); }
   static V expand8(V v, unsigned m8) {
     __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpandTable[m8].data()));
     const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);

@@ -2,6 +2,7 @@
 //   V, L (fp32 lanes), zero, load, fma(a, b, c) = a*b + c, add, reduce,
 //   load_vals_tail<DT>(vals, off, n), gather_tail(base, u8 idx, n)  (lanes >= n are zero),
 //   expand16<DT>(vals, off, word16, V out[16 / L])  (bit j of word -> lane j, next value each),
+//   Panel, load_panel(x panel), gather_panel(panel, u8 idx, n)  (gather from one 128-col panel),
 //   bcast_val<DT>(vals, off).
 // Include inside `namespace sparseinfer { namespace { ... } }` after defining Simd.
 
@@ -23,6 +24,7 @@ void rows_gather_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b
       int64_t off = panel_offset(w, p, b);
       const uint8_t* cnt = w.counts + p * w.rows + rb.r0;
       const float* xp = x + p * kPanelCols;
+      const typename Simd::Panel panel = Simd::load_panel(xp);  // m=1: x panel kept in registers
       for (int64_t r = 0; r < rb.nr; ++r) {
         int c = cnt[r];
         V a[TB];
@@ -30,8 +32,12 @@ void rows_gather_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b
         for (int i = 0; i < c; i += L) {
           int n = c - i < L ? c - i : L;
           V v = Simd::template load_vals_tail<DT>(w.values, off + i, n);
-          for (int t = 0; t < TB; ++t)
-            a[t] = Simd::fma(v, Simd::gather_tail(xp + t * xs, w.local_idx + off + i, n), a[t]);
+          if constexpr (TB == 1) {
+            a[0] = Simd::fma(v, Simd::gather_panel(panel, w.local_idx + off + i, n), a[0]);
+          } else {
+            for (int t = 0; t < TB; ++t)
+              a[t] = Simd::fma(v, Simd::gather_tail(xp + t * xs, w.local_idx + off + i, n), a[t]);
+          }
         }
         for (int t = 0; t < TB; ++t) acc[r][t] = a[t];
         off += c;

@@ -23,7 +23,7 @@ from .._native import FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
 
 # At or above this density the m=1 path expands a bitmask (cost per column); below it, it
 # gathers by index (cost per non-zero). Measured crossover on AVX-512, see bench/results.
-BITMASK_MIN_DENSITY = 0.2
+BITMASK_MIN_DENSITY = 0.35
 _MASK_BYTES = PANEL_COLS // 8
 
 
