@@ -38,7 +38,7 @@ PackedCsr packed_csr(int64_t rows, int64_t cols, int dtype, uintptr_t values, ui
   w.row_blocks = (rows + kRowBlock - 1) / kRowBlock;
   w.dtype = dtype_from_code(dtype);
   require(values && local_idx && block_nnz_prefix, "null weight pointer");
-  require(w.panels == 0 || (counts && block_offsets), "null weight pointer");
+  require(w.panels == 0 || w.rows == 0 || (counts && block_offsets), "null weight pointer");
   w.values = ptr<const void>(values);
   w.local_idx = ptr<const uint8_t>(local_idx);
   w.counts = ptr<const uint8_t>(counts);
@@ -104,7 +104,7 @@ PYBIND11_MODULE(_C, m) {
         call.w = packed_csr(rows, cols, dtype, values, local_idx, counts, block_offsets,
                             block_nnz_prefix, bitmask);
         call.m = m_tokens;
-        require(m_tokens == 0 || rows == 0 || (x && y), "null activation/output pointer");
+        require(m_tokens == 0 || rows == 0 || (y && (x || cols == 0)), "null activation/output pointer");
         call.x = ptr<const void>(x);
         call.out.y = ptr<void>(y);
         call.out.bias = ptr<const void>(bias);
