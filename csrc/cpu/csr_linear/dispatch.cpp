@@ -68,6 +68,16 @@ void run_blocks(const PackedCsr& w, int tasks, F&& body) {
 
 bool use_row_kernels(int64_t m) { return m < kTokensMinM; }
 
+// Per-thread scratch, 64-byte aligned: x^T rows are read with full-vector loads, and a
+// misaligned buffer (malloc's mmap chunks are 16 bytes off) splits every load across two lines.
+float* scratch_floats(int64_t n) {
+  thread_local std::vector<float> buffer;
+  constexpr int64_t kAlign = 64 / sizeof(float);
+  if (static_cast<int64_t>(buffer.size()) < n + kAlign) buffer.resize(n + kAlign);
+  auto address = reinterpret_cast<uintptr_t>(buffer.data());
+  return buffer.data() + ((64 - address % 64) % 64) / sizeof(float);
+}
+
 }  // namespace
 
 const char* csr_linear_path(const PackedCsr& w, int64_t m) {
@@ -82,15 +92,15 @@ void csr_linear(const CsrLinearCall& call, int num_threads) {
   const CsrKernels& k = kernels_for(cpu::active_isa());
   const int64_t padded_cols = w.panels * kPanelCols + kXPad;
   const int tasks = choose_tasks(w, m, num_threads);
-  thread_local std::vector<float> scratch;
 
   if (use_row_kernels(m)) {
-    scratch.assign(m * padded_cols, 0.f);
+    float* xbuf = scratch_floats(m * padded_cols);
+    std::fill(xbuf, xbuf + m * padded_cols, 0.f);
     for (int64_t t = 0; t < m; ++t)
       for (int64_t c = 0; c < w.cols; ++c)
-        scratch[t * padded_cols + c] = load_as_f32(w.dtype, call.x, t * w.cols + c);
+        xbuf[t * padded_cols + c] = load_as_f32(w.dtype, call.x, t * w.cols + c);
     RowsKernel kernel = w.bitmask ? k.rows_expand : k.rows_gather;
-    const float* x = scratch.data();
+    const float* x = xbuf;
     run_blocks(w, tasks, [&](int64_t b0, int64_t b1) {
       kernel(w, x, padded_cols, m, b0, b1, call.out);
     });
@@ -112,8 +122,7 @@ void csr_linear(const CsrLinearCall& call, int num_threads) {
     tiles.push_back({t0, mt, vecs, total});
     total += padded_cols * vecs * k.lanes;
   }
-  scratch.resize(total);
-  float* xt = scratch.data();
+  float* xt = scratch_floats(total);
   const int pack_tasks = std::min<int>(num_threads, static_cast<int>(std::max<int64_t>(1, m * w.cols / kMinWorkPerThread)));
   cpu::parallel_for_tasks(pack_tasks, [&](int t, int n) {
     int64_t c0 = padded_cols * t / n, c1 = padded_cols * (t + 1) / n;
