@@ -35,11 +35,6 @@ inline void store_block(const PackedCsr& w, const CsrOutput& out, int64_t r0, in
   }
 }
 
-template <DType DT>
-inline float value_at(const void* values, int64_t i) {
-  return load_as_f32(DT, values, i);
-}
-
 }  // namespace
 }  // namespace sparseinfer
 
