@@ -68,16 +68,6 @@ void run_blocks(const PackedCsr& w, int tasks, F&& body) {
 
 bool use_row_kernels(int64_t m) { return m < kTokensMinM; }
 
-// Per-thread scratch, 64-byte aligned: x^T rows are read with full-vector loads, and a
-// misaligned buffer (malloc's mmap chunks are 16 bytes off) splits every load across two lines.
-float* scratch_floats(int64_t n) {
-  thread_local std::vector<float> buffer;
-  constexpr int64_t kAlign = 64 / sizeof(float);
-  if (static_cast<int64_t>(buffer.size()) < n + kAlign) buffer.resize(n + kAlign);
-  auto address = reinterpret_cast<uintptr_t>(buffer.data());
-  return buffer.data() + ((64 - address % 64) % 64) / sizeof(float);
-}
-
 }  // namespace
 
 const char* csr_linear_path(const PackedCsr& w, int64_t m) {
@@ -95,10 +85,7 @@ void csr_linear(const CsrLinearCall& call, int num_threads) {
 
   if (use_row_kernels(m)) {
     float* xbuf = scratch_floats(m * padded_cols);
-    std::fill(xbuf, xbuf + m * padded_cols, 0.f);
-    for (int64_t t = 0; t < m; ++t)
-      for (int64_t c = 0; c < w.cols; ++c)
-        xbuf[t * padded_cols + c] = load_as_f32(w.dtype, call.x, t * w.cols + c);
+    rows_to_f32(w.dtype, call.x, m, w.cols, padded_cols, xbuf);
     RowsKernel kernel = w.bitmask ? k.rows_expand : k.rows_gather;
     const float* x = xbuf;
     run_blocks(w, tasks, [&](int64_t b0, int64_t b1) {

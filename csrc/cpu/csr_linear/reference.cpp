@@ -41,7 +41,7 @@ void for_each_nonzero_mask(const PackedCsr& w, int64_t b, F&& f) {
 
 template <bool kMask>
 void rows_ref(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0, int64_t b1,
-              const CsrOutput& out) {
+              const LinearOutput& out) {
   float acc[kRowBlock * kMaxRowsM];
   for (int64_t b = b0; b < b1; ++b) {
     std::memset(acc, 0, sizeof(acc));
@@ -56,7 +56,7 @@ void rows_ref(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t
 }
 
 void tokens_ref(const PackedCsr& w, const float* xt, int vecs, int64_t t0, int64_t mt, int64_t b0,
-                int64_t b1, const CsrOutput& out) {
+                int64_t b1, const LinearOutput& out) {
   const int64_t T = static_cast<int64_t>(vecs) * kRefTile;
   float acc[kRowBlock * kRefTile];
   for (int64_t b = b0; b < b1; ++b) {

@@ -13,7 +13,7 @@ constexpr int kMaxGroup = 4;  // tokens per pass in the row kernels
 // Row kernels, m small: accumulate a vector per (row, token) across panels, reduce once.
 template <DType DT, int TB>
 void rows_gather_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b0, int64_t b1,
-                       int64_t t0, const CsrOutput& out) {
+                       int64_t t0, const LinearOutput& out) {
   alignas(64) V acc[kRowBlock][TB];
   alignas(64) float res[kRowBlock * TB];
   for (int64_t b = b0; b < b1; ++b) {
@@ -52,7 +52,7 @@ void rows_gather_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b
 // "Load as sparse, compute as dense": expand each 16-column chunk of a row into dense lanes.
 template <DType DT, int TB>
 void rows_expand_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b0, int64_t b1,
-                       int64_t t0, const CsrOutput& out) {
+                       int64_t t0, const LinearOutput& out) {
   constexpr int kVPC = 16 / L;                 // vectors per 16-column chunk
   constexpr int kVPP = int(kPanelCols) / L;    // vectors per panel
   alignas(64) V acc[kRowBlock][TB];
@@ -117,7 +117,7 @@ void rows_expand_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b
 template <template <DType, int> class Group, DType DT>
 struct RowsByGroup {
   static void run(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0,
-                  int64_t b1, const CsrOutput& out) {
+                  int64_t b1, const LinearOutput& out) {
     for (int64_t t0 = 0; t0 < m; t0 += kMaxGroup) {
       const float* xg = x + t0 * xs;
       switch (m - t0 < kMaxGroup ? m - t0 : kMaxGroup) {
@@ -133,21 +133,21 @@ struct RowsByGroup {
 template <DType DT, int TB>
 struct GatherGroup {
   static void run(const PackedCsr& w, const float* x, int64_t xs, int64_t b0, int64_t b1,
-                  int64_t t0, const CsrOutput& out) {
+                  int64_t t0, const LinearOutput& out) {
     rows_gather_group<DT, TB>(w, x, xs, b0, b1, t0, out);
   }
 };
 template <DType DT, int TB>
 struct ExpandGroup {
   static void run(const PackedCsr& w, const float* x, int64_t xs, int64_t b0, int64_t b1,
-                  int64_t t0, const CsrOutput& out) {
+                  int64_t t0, const LinearOutput& out) {
     rows_expand_group<DT, TB>(w, x, xs, b0, b1, t0, out);
   }
 };
 
 template <template <DType, int> class Group>
 void rows_by_dtype(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0,
-                   int64_t b1, const CsrOutput& out) {
+                   int64_t b1, const LinearOutput& out) {
   switch (w.dtype) {
     case DType::f32: return RowsByGroup<Group, DType::f32>::run(w, x, xs, m, b0, b1, out);
     case DType::bf16: return RowsByGroup<Group, DType::bf16>::run(w, x, xs, m, b0, b1, out);
@@ -156,18 +156,18 @@ void rows_by_dtype(const PackedCsr& w, const float* x, int64_t xs, int64_t m, in
 }
 
 void rows_gather(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0,
-                 int64_t b1, const CsrOutput& out) {
+                 int64_t b1, const LinearOutput& out) {
   rows_by_dtype<GatherGroup>(w, x, xs, m, b0, b1, out);
 }
 void rows_expand(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0,
-                 int64_t b1, const CsrOutput& out) {
+                 int64_t b1, const LinearOutput& out) {
   rows_by_dtype<ExpandGroup>(w, x, xs, m, b0, b1, out);
 }
 
 // Token path (XNNPACK-style): broadcast one weight, FMA a row of VEC*L tokens of x^T.
 template <DType DT, int VEC>
 void tokens_tile(const PackedCsr& w, const float* xt, int64_t t0, int64_t mt, int64_t b0,
-                 int64_t b1, const CsrOutput& out) {
+                 int64_t b1, const LinearOutput& out) {
   constexpr int T = VEC * L;
   constexpr int S = VEC >= 2 ? 2 : 4;  // independent accumulator sets hide FMA latency
   alignas(64) float acc[kRowBlock * T];
@@ -214,7 +214,7 @@ void tokens_tile(const PackedCsr& w, const float* xt, int64_t t0, int64_t mt, in
 
 template <DType DT>
 void tokens_dt(const PackedCsr& w, const float* xt, int vecs, int64_t t0, int64_t mt, int64_t b0,
-               int64_t b1, const CsrOutput& out) {
+               int64_t b1, const LinearOutput& out) {
   switch (vecs) {
     case 1: return tokens_tile<DT, 1>(w, xt, t0, mt, b0, b1, out);
     case 2: return tokens_tile<DT, 2>(w, xt, t0, mt, b0, b1, out);
@@ -224,7 +224,7 @@ void tokens_dt(const PackedCsr& w, const float* xt, int vecs, int64_t t0, int64_
 }
 
 void tokens(const PackedCsr& w, const float* xt, int vecs, int64_t t0, int64_t mt, int64_t b0,
-            int64_t b1, const CsrOutput& out) {
+            int64_t b1, const LinearOutput& out) {
   switch (w.dtype) {
     case DType::f32: return tokens_dt<DType::f32>(w, xt, vecs, t0, mt, b0, b1, out);
     case DType::bf16: return tokens_dt<DType::bf16>(w, xt, vecs, t0, mt, b0, b1, out);

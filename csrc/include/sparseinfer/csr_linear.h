@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "sparseinfer/dtype.h"
+#include "sparseinfer/linear_output.h"
 
 namespace sparseinfer {
 
@@ -31,20 +32,13 @@ struct PackedCsr {
   const uint16_t* bitmask = nullptr;     // [panels, rows, kMaskWordsPerPanel] or null
 };
 
-// Output of a kernel: y[t][row] = acc + bias[row], written in `dtype`.
-struct CsrOutput {
-  void* y = nullptr;         // [m, rows]
-  const void* bias = nullptr;  // [rows] or null
-  DType dtype = DType::f32;
-};
-
 // Row-wise kernels for small m: x is fp32, [m][xstride] zero-padded (stride >= panels*128+kXPad).
 using RowsKernel = void (*)(const PackedCsr& w, const float* x, int64_t xstride, int64_t m,
-                            int64_t b0, int64_t b1, const CsrOutput& out);
+                            int64_t b0, int64_t b1, const LinearOutput& out);
 // Token-vectorised kernel for larger m: xt is one token tile, fp32 [panels*128 + kXPad][lanes*vecs]
 // (token-minor, zero-padded), holding tokens [t0, t0 + mt).
 using TokensKernel = void (*)(const PackedCsr& w, const float* xt, int vecs, int64_t t0,
-                              int64_t mt, int64_t b0, int64_t b1, const CsrOutput& out);
+                              int64_t mt, int64_t b0, int64_t b1, const LinearOutput& out);
 
 struct CsrKernels {
   const char* isa;
@@ -64,7 +58,7 @@ struct CsrLinearCall {
   PackedCsr w;
   int64_t m = 0;
   const void* x = nullptr;  // [m, cols] contiguous, dtype w.dtype
-  CsrOutput out;
+  LinearOutput out;
 };
 void csr_linear(const CsrLinearCall& call, int num_threads);
 
