@@ -8,6 +8,7 @@
 
 #include "sparseinfer/cpu_features.h"
 #include "sparseinfer/csr_linear.h"
+#include "sparseinfer/sparse24_linear.h"
 #include "sparseinfer/thread_pool.h"
 
 namespace py = pybind11;
@@ -18,12 +19,12 @@ namespace {
 template <class T>
 T* ptr(uintptr_t address) { return reinterpret_cast<T*>(address); }
 
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument("csr_linear: " + what);
+void require(bool ok, const std::string& what, const char* op = "csr_linear") {
+  if (!ok) throw std::invalid_argument(std::string(op) + ": " + what);
 }
 
-DType dtype_from_code(int code) {
-  require(code >= 0 && code <= 2, "unknown dtype code " + std::to_string(code));
+DType dtype_from_code(int code, const char* op = "csr_linear") {
+  require(code >= 0 && code <= 2, "unknown dtype code " + std::to_string(code), op);
   return static_cast<DType>(code);
 }
 
@@ -90,6 +91,7 @@ PYBIND11_MODULE(_C, m) {
     d["panel_cols"] = kPanelCols;
     d["row_block"] = kRowBlock;
     d["values_pad"] = kValuesPad;
+    d["sparse24_chunk_cols"] = kS24ChunkCols;
     return d;
   });
 
@@ -125,6 +127,36 @@ PYBIND11_MODULE(_C, m) {
         return std::string(csr_linear_path(w, m_tokens));
       },
       py::arg("m"), py::arg("has_bitmask"));
+
+  m.def(
+      "sparse24_linear",
+      [](int64_t m_tokens, uintptr_t x, uintptr_t y, uintptr_t bias, int dtype, int64_t rows,
+         int64_t cols, uintptr_t values, uintptr_t meta, int num_threads) {
+        constexpr const char* op = "sparse24_linear";
+        require(m_tokens >= 0, "negative number of tokens", op);
+        require(num_threads >= 1, "num_threads must be >= 1", op);
+        require(rows >= 0 && cols >= 0, "negative weight shape", op);
+        Sparse24LinearCall call;
+        call.w.rows = rows;
+        call.w.cols = cols;
+        call.w.chunks = (cols + kS24ChunkCols - 1) / kS24ChunkCols;
+        call.w.dtype = dtype_from_code(dtype, op);
+        require(rows == 0 || call.w.chunks == 0 || (values && meta), "null weight pointer", op);
+        call.w.values = ptr<const void>(values);
+        call.w.meta = ptr<const uint32_t>(meta);
+        call.m = m_tokens;
+        require(m_tokens == 0 || rows == 0 || (y && (x || cols == 0)), "null activation/output pointer", op);
+        call.x = ptr<const void>(x);
+        call.out.y = ptr<void>(y);
+        call.out.bias = ptr<const void>(bias);
+        call.out.dtype = call.w.dtype;
+        py::gil_scoped_release release;
+        sparse24_linear(call, num_threads);
+      },
+      py::arg("m"), py::arg("x"), py::arg("y"), py::arg("bias"), py::arg("dtype"), py::arg("rows"),
+      py::arg("cols"), py::arg("values"), py::arg("meta"), py::arg("num_threads"));
+  m.def("sparse24_linear_path", [](int64_t m_tokens) { return std::string(sparse24_linear_path(m_tokens)); },
+        py::arg("m"));
 
   // Fail at import, loudly, if SPARSEINFER_CPU_ISA names an ISA this CPU lacks.
   cpu::active_isa();

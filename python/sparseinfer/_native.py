@@ -18,3 +18,4 @@ FLOAT_DTYPES = tuple(DTYPE_CODES)
 PANEL_COLS = _C.build_info()["panel_cols"]
 ROW_BLOCK = _C.build_info()["row_block"]
 VALUES_PAD = _C.build_info()["values_pad"]
+SPARSE24_CHUNK_COLS = _C.build_info()["sparse24_chunk_cols"]

@@ -12,10 +12,11 @@ from typing import Optional
 
 import torch
 
-from ._native import _C, DTYPE_CODES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
+from ._native import _C, DTYPE_CODES, PANEL_COLS, ROW_BLOCK, SPARSE24_CHUNK_COLS, VALUES_PAD
 from .formats.csr import CSR
+from .formats.sparse24 import Sparse24
 
-__all__ = ["csr_linear", "csr_linear_path"]
+__all__ = ["csr_linear", "csr_linear_path", "sparse24_linear", "sparse24_linear_path"]
 
 
 def _check_tensor(name: str, t, dtype: torch.dtype) -> None:
@@ -24,9 +25,20 @@ def _check_tensor(name: str, t, dtype: torch.dtype) -> None:
     if t.device.type != "cpu":
         raise ValueError(f"{name} must be on the CPU (the CUDA backend is not built yet), got {t.device}")
     if t.dtype != dtype:
-        raise ValueError(f"{name} dtype must be {dtype} (the weight's dtype), got {t.dtype}")
+        raise ValueError(f"{name} dtype must be {dtype}, got {t.dtype}")
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+
+
+def _check_activation(x, bias, weight) -> None:
+    """x [..., in] and optional bias [out] against a format object (same dtype as its values)."""
+    _check_tensor("x", x, weight.dtype)
+    if x.dim() < 1 or x.shape[-1] != weight.cols:
+        raise ValueError(f"x must have shape [..., {weight.cols}] (in_features), got {tuple(x.shape)}")
+    if bias is not None:
+        _check_tensor("bias", bias, weight.dtype)
+        if bias.shape != (weight.rows,):
+            raise ValueError(f"bias must have shape ({weight.rows},), got {tuple(bias.shape)}")
 
 
 def _ptr(t: Optional[torch.Tensor]) -> int:
@@ -105,13 +117,7 @@ def csr_linear(x: torch.Tensor, weight: CSR, bias: Optional[torch.Tensor] = None
     """
     if not isinstance(weight, CSR):
         raise ValueError(f"weight must be a sparseinfer.formats.CSR, got {type(weight).__name__}")
-    _check_tensor("x", x, weight.dtype)
-    if x.dim() < 1 or x.shape[-1] != weight.cols:
-        raise ValueError(f"x must have shape [..., {weight.cols}] (in_features), got {tuple(x.shape)}")
-    if bias is not None:
-        _check_tensor("bias", bias, weight.dtype)
-        if bias.shape != (weight.rows,):
-            raise ValueError(f"bias must have shape ({weight.rows},), got {tuple(bias.shape)}")
+    _check_activation(x, bias, weight)
     p = weight.packed
     # Eager calls skip the custom-op dispatcher (~20 us, a tenth of an m=1 call): everything
     # was validated above and at pack time. Under torch.compile the op stays visible.
@@ -124,3 +130,68 @@ def csr_linear(x: torch.Tensor, weight: CSR, bias: Optional[torch.Tensor] = None
 def csr_linear_path(weight: CSR, m: int) -> str:
     """Which kernel path csr_linear takes for m tokens: rows_expand, rows_gather or tokens."""
     return _C.csr_linear_path(int(m), weight.has_bitmask)
+
+
+# ---------------------------------------------------------------------------------- 2:4
+def _sparse24_linear_native(x, values, meta, bias, rows: int, cols: int) -> torch.Tensor:
+    m = x.shape[0]
+    y = torch.empty(m, rows, dtype=x.dtype)
+    _C.sparse24_linear(m, _ptr(x), _ptr(y), _ptr(bias), DTYPE_CODES[values.dtype], rows, cols,
+                       _ptr(values), _ptr(meta), torch.get_num_threads())
+    return y
+
+
+@torch.library.custom_op("sparseinfer::sparse24_linear", mutates_args=())
+def _sparse24_linear_op(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                        bias: Optional[torch.Tensor], rows: int, cols: int) -> torch.Tensor:
+    """y[m, rows] = x[m, cols] @ W.T + bias for a packed 2:4 weight (see formats/sparse24.py)."""
+    _check_sparse24_raw_sizes(x, values, meta, bias, rows, cols)
+    return _sparse24_linear_native(x, values, meta, bias, rows, cols)
+
+
+@_sparse24_linear_op.register_fake
+def _(x, values, meta, bias, rows, cols):
+    return x.new_empty(x.shape[0], rows)
+
+
+def _check_sparse24_raw_sizes(x, values, meta, bias, rows, cols) -> None:
+    """Shape/dtype guards for direct callers of torch.ops.sparseinfer.sparse24_linear. Any meta
+    content is memory-safe (a slot addresses only its own group), so shapes are all it takes."""
+    if values.dtype not in DTYPE_CODES:
+        raise ValueError(f"values dtype must be one of {tuple(DTYPE_CODES)}, got {values.dtype}")
+    if rows < 0 or cols < 0:
+        raise ValueError(f"rows/cols must be non-negative, got {rows}, {cols}")
+    chunks = -(-cols // SPARSE24_CHUNK_COLS)
+    _check_tensor("x", x, values.dtype)
+    if x.dim() != 2 or x.shape[1] != cols:
+        raise ValueError(f"x must be [m, {cols}], got {tuple(x.shape)}")
+    for name, t, dtype, shape in (("values", values, values.dtype, (rows, chunks * SPARSE24_CHUNK_COLS // 2)),
+                                  ("meta", meta, torch.int32, (rows, chunks))):
+        _check_tensor(name, t, dtype)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if bias is not None:
+        _check_tensor("bias", bias, values.dtype)
+        if bias.shape != (rows,):
+            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+
+
+def sparse24_linear(x: torch.Tensor, weight: Sparse24, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = x @ W.T + bias with W a :class:`~sparseinfer.formats.Sparse24` of shape [out, in].
+
+    x: [..., in] contiguous CPU tensor in the weight's dtype (fp32, bf16 or fp16); any number
+    of leading dims, including zero tokens. Accumulates in fp32; returns [..., out] in x's dtype.
+    """
+    if not isinstance(weight, Sparse24):
+        raise ValueError(f"weight must be a sparseinfer.formats.Sparse24, got {type(weight).__name__}")
+    _check_activation(x, bias, weight)
+    p = weight.packed
+    op = _sparse24_linear_op if torch.compiler.is_compiling() else _sparse24_linear_native
+    y = op(x.reshape(math.prod(x.shape[:-1]), weight.cols), p.values, p.meta, bias, weight.rows,
+           weight.cols)
+    return y.reshape(*x.shape[:-1], weight.rows)
+
+
+def sparse24_linear_path(m: int) -> str:
+    """Which kernel path sparse24_linear takes for m tokens: rows or tokens."""
+    return _C.sparse24_linear_path(int(m))

@@ -19,3 +19,9 @@ def csr_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
                compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Reference for ops.csr_linear: densify the CSR weight and run a plain matmul."""
     return linear(x, weight.to_dense(), bias, compute_dtype)
+
+
+def sparse24_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
+                    compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Reference for ops.sparse24_linear: densify the 2:4 weight and run a plain matmul."""
+    return linear(x, weight.to_dense(), bias, compute_dtype)

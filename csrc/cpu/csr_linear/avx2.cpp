@@ -5,6 +5,7 @@
 #include <array>
 #include <cstring>
 
+#include "../simd/avx2.h"
 #include "common.h"
 
 namespace sparseinfer {
@@ -22,38 +23,13 @@ constexpr std::array<std::array<int32_t, 8>, 256> make_expand_table() {
 alignas(64) constexpr auto kExpandTable = make_expand_table();
 alignas(32) constexpr int32_t kTailMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
-struct Simd {
-  using V = __m256;
-  static constexpr int L = 8;
-  static V zero() { return _mm256_setzero_ps(); }
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V add(V a, V b) { return _mm256_add_ps(a, b); }
-  static float reduce(V a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
+struct Simd : Avx2Base {
   static __m256 tail(int n) {
     return _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTailMask + 8 - n)));
   }
   template <DType DT>
-  static V load8(const void* vals, int64_t off) {  // reads 8 values (padding makes this safe)
-    if constexpr (DT == DType::f32) {
-      return _mm256_loadu_ps(static_cast<const float*>(vals) + off);
-    } else {
-      __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(vals) + off));
-      if constexpr (DT == DType::bf16)
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-      else
-        return _mm256_cvtph_ps(h);
-    }
-  }
-  template <DType DT>
   static V load_vals_tail(const void* vals, int64_t off, int n) {
-    return _mm256_and_ps(load8<DT>(vals, off), tail(n));
+    return _mm256_and_ps(load_vals<DT>(vals, off), tail(n));
   }
   static V gather_tail(const float* base, const uint8_t* idx, int n) {
     __m256i iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(idx)));
@@ -73,20 +49,8 @@ struct Simd {
   template <DType DT>
   static void expand16(const void* vals, int64_t off, uint16_t word, V* out) {
     unsigned lo = word & 0xffu, hi = word >> 8;
-    out[0] = expand8(load8<DT>(vals, off), lo);
-    out[1] = expand8(load8<DT>(vals, off + __builtin_popcount(lo)), hi);
-  }
-  template <DType DT>
-  static V bcast_val(const void* vals, int64_t off) {
-    if constexpr (DT == DType::f32) {
-      return _mm256_set1_ps(static_cast<const float*>(vals)[off]);
-    } else {
-      uint16_t h = static_cast<const uint16_t*>(vals)[off];
-      if constexpr (DT == DType::bf16)
-        return _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(uint32_t(h) << 16)));
-      else
-        return _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(h)));
-    }
+    out[0] = expand8(load_vals<DT>(vals, off), lo);
+    out[1] = expand8(load_vals<DT>(vals, off + __builtin_popcount(lo)), hi);
   }
 };
 

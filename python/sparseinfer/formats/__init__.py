@@ -1,4 +1,6 @@
 """Weight formats: pack from dense, unpack to dense, validate untrusted data."""
-from .csr import CSR, FormatError
+from .csr import CSR
+from .errors import FormatError
+from .sparse24 import Sparse24
 
-__all__ = ["CSR", "FormatError"]
+__all__ = ["CSR", "Sparse24", "FormatError"]

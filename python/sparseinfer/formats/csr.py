@@ -20,15 +20,12 @@ from typing import Optional, Union
 import torch
 
 from .._native import FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
+from .errors import FormatError
 
 # At or above this density the m=1 path expands a bitmask (cost per column); below it, it
 # gathers by index (cost per non-zero). Measured crossover on AVX-512, see bench/results.
 BITMASK_MIN_DENSITY = 0.35
 _MASK_BYTES = PANEL_COLS // 8
-
-
-class FormatError(ValueError):
-    """Format data is malformed (untrusted input rejected before any kernel sees it)."""
 
 
 def _fail(name: str, message: str) -> None:

@@ -1,0 +1,139 @@
+// 2:4 kernels written once over a SIMD trait `Simd` (see avx2.cpp, avx512.cpp), which supplies:
+//   V, L (fp32 lanes), zero, load, store, fma(a, b, c) = a*b + c, add, reduce,
+//   load_vals<DT>(vals, off) (L values), bcast_val<DT>(vals, off),
+//   Chunk, load_chunk(x32) (32 columns of x), Index, index(meta, part),
+//   pick(chunk, index, part) = the x value under each of kept values [part*L, part*L + L).
+// Include inside `namespace sparseinfer { namespace { ... } }` after defining Simd.
+
+using V = typename Simd::V;
+constexpr int L = Simd::L;
+constexpr int kParts = int(kS24ChunkKept) / L;  // vectors per chunk of kept values
+constexpr int kMaxTokenGroup = 4;               // tokens per pass in the row kernel
+
+// Row kernel, small m: x kept as dense chunks in registers; each 16 kept values select their
+// x lanes with a permute driven by the 2-bit metadata ("load sparse, pick, FMA").
+template <DType DT, int RB, int TB>
+void rows_tile(const PackedSparse24& w, const float* x, int64_t xs, int64_t r, float* res) {
+  const int64_t vstride = w.chunks * kS24ChunkKept;
+  V acc[RB][TB];
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < TB; ++t) acc[i][t] = Simd::zero();
+  for (int64_t c = 0; c < w.chunks; ++c) {
+    typename Simd::Chunk xc[TB];
+    for (int t = 0; t < TB; ++t) xc[t] = Simd::load_chunk(x + t * xs + c * kS24ChunkCols);
+    for (int i = 0; i < RB; ++i) {
+      const uint32_t meta = w.meta[(r + i) * w.chunks + c];
+      const int64_t voff = (r + i) * vstride + c * kS24ChunkKept;
+      for (int q = 0; q < kParts; ++q) {
+        const typename Simd::Index id = Simd::index(meta, q);
+        const V v = Simd::template load_vals<DT>(w.values, voff + q * L);
+        for (int t = 0; t < TB; ++t) acc[i][t] = Simd::fma(v, Simd::pick(xc[t], id, q), acc[i][t]);
+      }
+    }
+  }
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < TB; ++t) res[i * kMaxTokenGroup + t] = Simd::reduce(acc[i][t]);
+}
+
+template <DType DT, int TB>
+void rows_group(const PackedSparse24& w, const float* x, int64_t xs, int64_t r0, int64_t r1,
+                int64_t t0, const LinearOutput& out) {
+  constexpr int RB = TB <= 2 ? 4 : 2;
+  float res[RB * kMaxTokenGroup];
+  int64_t r = r0;
+  for (; r + RB <= r1; r += RB) {
+    rows_tile<DT, RB, TB>(w, x, xs, r, res);
+    store_block(w.rows, out, r, RB, t0, TB, res, kMaxTokenGroup, 1);
+  }
+  for (; r < r1; ++r) {
+    rows_tile<DT, 1, TB>(w, x, xs, r, res);
+    store_block(w.rows, out, r, 1, t0, TB, res, kMaxTokenGroup, 1);
+  }
+}
+
+template <DType DT>
+void rows_dt(const PackedSparse24& w, const float* x, int64_t xs, int64_t m, int64_t r0,
+             int64_t r1, const LinearOutput& out) {
+  for (int64_t t0 = 0; t0 < m; t0 += kMaxTokenGroup) {
+    const float* xg = x + t0 * xs;
+    switch (m - t0 < kMaxTokenGroup ? m - t0 : kMaxTokenGroup) {
+      case 1: rows_group<DT, 1>(w, xg, xs, r0, r1, t0, out); break;
+      case 2: rows_group<DT, 2>(w, xg, xs, r0, r1, t0, out); break;
+      case 3: rows_group<DT, 3>(w, xg, xs, r0, r1, t0, out); break;
+      default: rows_group<DT, 4>(w, xg, xs, r0, r1, t0, out); break;
+    }
+  }
+}
+
+void rows(const PackedSparse24& w, const float* x, int64_t xs, int64_t m, int64_t r0, int64_t r1,
+          const LinearOutput& out) {
+  switch (w.dtype) {
+    case DType::f32: return rows_dt<DType::f32>(w, x, xs, m, r0, r1, out);
+    case DType::bf16: return rows_dt<DType::bf16>(w, x, xs, m, r0, r1, out);
+    case DType::f16: return rows_dt<DType::f16>(w, x, xs, m, r0, r1, out);
+  }
+}
+
+// Token path (XNNPACK-style): broadcast one kept weight, FMA a row of VEC*L tokens of x^T.
+// Columns are walked in panels of kPanelChunks so the x^T panel stays in L1 across a row block.
+constexpr int64_t kPanelChunks = 2;
+
+template <DType DT, int VEC>
+void tokens_tile(const PackedSparse24& w, const float* xt, int64_t t0, int64_t mt, int64_t r0,
+                 int64_t r1, const LinearOutput& out) {
+  constexpr int T = VEC * L;
+  constexpr int S = VEC >= 2 ? 2 : 4;  // independent accumulator sets hide FMA latency
+  const int64_t vstride = w.chunks * kS24ChunkKept;
+  alignas(64) float acc[kS24RowBlock * T];
+  for (int64_t rb = r0; rb < r1; rb += kS24RowBlock) {
+    const int64_t nr = std::min<int64_t>(kS24RowBlock, r1 - rb);
+    for (int64_t i = 0; i < nr * T; ++i) acc[i] = 0.f;
+    for (int64_t c0 = 0; c0 < w.chunks; c0 += kPanelChunks) {
+      const int64_t c1 = std::min<int64_t>(w.chunks, c0 + kPanelChunks);
+      for (int64_t r = 0; r < nr; ++r) {
+        V a[S][VEC];
+        for (int v = 0; v < VEC; ++v) {
+          a[0][v] = Simd::load(acc + r * T + v * L);
+          for (int s = 1; s < S; ++s) a[s][v] = Simd::zero();
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+          const uint32_t meta = w.meta[(rb + r) * w.chunks + c];
+          const int64_t voff = (rb + r) * vstride + c * kS24ChunkKept;
+          const float* xc = xt + c * kS24ChunkCols * T;
+          for (int j = 0; j < int(kS24ChunkKept); ++j) {
+            const int col = 4 * (j / 2) + int(meta >> (2 * j) & 3u);
+            const V wv = Simd::template bcast_val<DT>(w.values, voff + j);
+            const float* xr = xc + col * T;
+            for (int v = 0; v < VEC; ++v) a[j % S][v] = Simd::fma(wv, Simd::load(xr + v * L), a[j % S][v]);
+          }
+        }
+        for (int v = 0; v < VEC; ++v) {
+          V sum = a[0][v];
+          for (int s = 1; s < S; ++s) sum = Simd::add(sum, a[s][v]);
+          Simd::store(acc + r * T + v * L, sum);
+        }
+      }
+    }
+    store_block(w.rows, out, rb, nr, t0, mt, acc, T, 1);
+  }
+}
+
+template <DType DT>
+void tokens_dt(const PackedSparse24& w, const float* xt, int vecs, int64_t t0, int64_t mt,
+               int64_t r0, int64_t r1, const LinearOutput& out) {
+  switch (vecs) {
+    case 1: return tokens_tile<DT, 1>(w, xt, t0, mt, r0, r1, out);
+    case 2: return tokens_tile<DT, 2>(w, xt, t0, mt, r0, r1, out);
+    case 3: return tokens_tile<DT, 3>(w, xt, t0, mt, r0, r1, out);
+    default: return tokens_tile<DT, 4>(w, xt, t0, mt, r0, r1, out);
+  }
+}
+
+void tokens(const PackedSparse24& w, const float* xt, int vecs, int64_t t0, int64_t mt, int64_t r0,
+            int64_t r1, const LinearOutput& out) {
+  switch (w.dtype) {
+    case DType::f32: return tokens_dt<DType::f32>(w, xt, vecs, t0, mt, r0, r1, out);
+    case DType::bf16: return tokens_dt<DType::bf16>(w, xt, vecs, t0, mt, r0, r1, out);
+    case DType::f16: return tokens_dt<DType::f16>(w, xt, vecs, t0, mt, r0, r1, out);
+  }
+}

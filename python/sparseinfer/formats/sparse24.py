@@ -1,0 +1,301 @@
+"""2:4 semi-structured sparse weights, packed once for the CPU kernels.
+
+2:4 means: in every group of 4 consecutive input columns of a row, at most 2 weights are
+non-zero. Every group keeps exactly 2 *slots* (a zero value fills a slot where the group has
+fewer non-zeros), so the storage is regular: half the values plus 2 bits of position per slot.
+
+Canonical form (checkpoints; the compressed-tensors ``sparse-24-bitmask`` layout):
+``compressed`` [rows, kept] in the weight dtype and ``bitmask`` uint8 [rows, ceil(cols / 8)]
+(column c is bit c % 8 of byte c // 8), with exactly 2 bits set per group of 4, so
+kept = cols / 2. Columns that are not a multiple of 4 are handled: the last, partial group
+keeps min(2, cols % 4) slots, so kept = 2 * (cols // 4) + min(2, cols % 4). compressed-tensors
+itself requires cols % 4 == 0; such files are identical in both.
+
+Kernel form (what this object stores; see csrc/include/sparseinfer/sparse24_linear.h): columns
+zero-padded to whole 32-column chunks; ``values`` [rows, chunks * 16] and ``meta`` int32
+[rows, chunks] holding, per chunk, the 2-bit in-group column of each of its 16 slots. Any meta
+value is memory-safe (a slot can only address its own group), so only shapes guard the kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .._native import FLOAT_DTYPES, SPARSE24_CHUNK_COLS
+from .errors import FormatError
+
+_GROUP = 4
+_KEPT = 2
+_CHUNK_SLOTS = SPARSE24_CHUNK_COLS // 2
+_SHIFTS = 2 * torch.arange(_CHUNK_SLOTS, dtype=torch.int64)
+_BIT_WEIGHTS = 1 << torch.arange(8, dtype=torch.int32)
+
+
+def _fail(name: str, message: str) -> None:
+    raise FormatError(f"Sparse24 {name}: {message}")
+
+
+def _chunks(cols: int) -> int:
+    return -(-cols // SPARSE24_CHUNK_COLS)
+
+
+def kept_per_row(cols: int) -> int:
+    """Slots per row in the canonical layout: 2 per full group, min(2, rest) for a partial one."""
+    return _KEPT * (cols // _GROUP) + min(_KEPT, cols % _GROUP)
+
+
+def _padded(t: torch.Tensor, width: int, fill=0) -> torch.Tensor:
+    if t.shape[1] == width:
+        return t
+    out = torch.full((t.shape[0], width), fill, dtype=t.dtype)
+    out[:, : t.shape[1]] = t
+    return out
+
+
+@dataclass(frozen=True)
+class _Packed:
+    values: torch.Tensor  # [rows, chunks * 16], weight dtype
+    meta: torch.Tensor    # int32 [rows, chunks] (uint32 bit patterns)
+
+
+class Sparse24:
+    """A 2:4 sparse [rows, cols] weight (rows = out_features, cols = in_features).
+
+    Build with :meth:`from_dense` (the weight must already be 2:4: see
+    :func:`sparseinfer.compress.prune_2_4`) or :meth:`from_bitmask` (validates untrusted
+    compressed-tensors data).
+    """
+
+    __slots__ = ("shape", "nnz", "_p")
+
+    def __init__(self, shape: tuple[int, int], nnz: int, packed: _Packed):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.nnz = int(nnz)
+        self._p = packed
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def first_violation(weight: torch.Tensor) -> Optional[str]:
+        """None if `weight` [rows, cols] is 2:4, else where it first is not (row-major order)."""
+        rows, cols = weight.shape
+        groups = -(-cols // _GROUP)
+        nz = _padded(weight != 0, groups * _GROUP, False).view(rows, groups, _GROUP)
+        count = nz.sum(-1)
+        bad = (count > _KEPT).nonzero()
+        if not bad.numel():
+            return None
+        r, g = (int(v) for v in bad[0])
+        return (f"row {r}, columns {_GROUP * g}..{min(cols, _GROUP * g + _GROUP) - 1} hold "
+                f"{int(count[r, g])} non-zeros (2:4 allows at most 2 in every group of 4 "
+                f"consecutive input columns)")
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor) -> "Sparse24":
+        """Pack a dense 2-D weight that is already 2:4; raises ValueError naming the first group
+        with more than 2 non-zeros otherwise (prune first with sparseinfer.compress.prune_2_4)."""
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+        if weight.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"weight dtype must be one of {FLOAT_DTYPES}, got {weight.dtype}")
+        if weight.device.type != "cpu":
+            raise ValueError(f"weight must be on the CPU, got {weight.device}")
+        weight = weight.detach()
+        problem = cls.first_violation(weight)
+        if problem is not None:
+            raise ValueError(f"weight is not 2:4 sparse: {problem}. Prune it first with "
+                             "sparseinfer.compress.prune_2_4(weight).")
+        rows, cols = weight.shape
+        width = _chunks(cols) * SPARSE24_CHUNK_COLS
+        # Slots: non-zeros first, then real (not padding) columns, then the lowest column.
+        pos = torch.arange(width) % _GROUP
+        score = ((_padded(weight != 0, width, False).to(torch.int64) * 8)
+                 + (torch.arange(width) < cols).to(torch.int64) * 4 + (3 - pos))
+        top = score.view(rows, width // _GROUP, _GROUP).topk(_KEPT, dim=-1).indices
+        kept = torch.zeros(rows, width // _GROUP, _GROUP, dtype=torch.bool)
+        kept.scatter_(-1, top, True)
+        return cls._pack(_padded(weight, width), kept.view(rows, width), cols)
+
+    @classmethod
+    def from_bitmask(cls, compressed: torch.Tensor, bitmask: torch.Tensor, shape) -> "Sparse24":
+        """Pack canonical (compressed-tensors ``sparse-24-bitmask``) arrays after validating them;
+        safe on untrusted data. `shape` is (rows, cols) as a sequence or tensor ([2] or [2, 1])."""
+        rows, cols = cls.validate_bitmask(compressed, bitmask, shape)
+        width = _chunks(cols) * SPARSE24_CHUNK_COLS
+        bits = cls._unpack_bits(bitmask, cols)
+        dense = torch.zeros(rows, width, dtype=compressed.dtype)
+        dense[:, :cols][bits] = compressed.reshape(-1)
+        kept = _padded(bits, width, False)
+        kept.view(rows, width // _GROUP, _GROUP)[:, -(-cols // _GROUP):, :_KEPT] = True  # padding groups
+        if cols % _GROUP == 1:  # a 1-column tail group: its second slot is a padding column
+            kept[:, cols] = True
+        return cls._pack(dense, kept, cols)
+
+    @staticmethod
+    def _unpack_bits(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
+        bits = (bitmask.to(torch.int32).unsqueeze(-1) & _BIT_WEIGHTS) != 0
+        return bits.view(bitmask.shape[0], bitmask.shape[1] * 8)[:, :cols]
+
+    @classmethod
+    def validate_bitmask(cls, compressed, bitmask, shape) -> tuple[int, int]:
+        """Prove canonical arrays are well formed; returns (rows, cols) or raises FormatError."""
+        try:
+            dims = shape.flatten().tolist() if isinstance(shape, torch.Tensor) else list(shape)
+            rows, cols = (int(s) for s in dims)
+        except (TypeError, ValueError):
+            _fail("shape", f"must be two integers, got {shape!r}")
+        if rows < 0 or cols < 0:
+            _fail("shape", f"must be non-negative, got {(rows, cols)}")
+        for name, t in (("compressed", compressed), ("bitmask", bitmask)):
+            if not isinstance(t, torch.Tensor):
+                _fail(name, f"must be a torch.Tensor, got {type(t).__name__}")
+            if t.device.type != "cpu":
+                _fail(name, f"must be on the CPU, got {t.device}")
+        if compressed.dtype not in FLOAT_DTYPES:
+            _fail("compressed", f"dtype must be one of {FLOAT_DTYPES}, got {compressed.dtype}")
+        if bitmask.dtype != torch.uint8:
+            _fail("bitmask", f"dtype must be uint8, got {bitmask.dtype}")
+        kept = kept_per_row(cols)
+        if tuple(compressed.shape) != (rows, kept):
+            _fail("compressed", f"shape must be {(rows, kept)} for a {rows}x{cols} weight, "
+                  f"got {tuple(compressed.shape)}")
+        if tuple(bitmask.shape) != (rows, -(-cols // 8)):
+            _fail("bitmask", f"shape must be {(rows, -(-cols // 8))}, got {tuple(bitmask.shape)}")
+        if cols % 8:
+            beyond = bitmask[:, -1].to(torch.int32) >> (cols % 8)
+            if bool((beyond != 0).any()):
+                r = int((beyond != 0).nonzero()[0, 0])
+                _fail("bitmask", f"row {r} has bits set beyond column {cols - 1}")
+        bits = cls._unpack_bits(bitmask, cols)
+        groups = -(-cols // _GROUP)
+        count = _padded(bits, groups * _GROUP, False).view(rows, groups, _GROUP).sum(-1)
+        want = torch.full((groups,), _KEPT, dtype=count.dtype)
+        if cols % _GROUP:
+            want[-1] = min(_KEPT, cols % _GROUP)
+        bad = (count != want).nonzero()
+        if bad.numel():
+            r, g = (int(v) for v in bad[0])
+            _fail("bitmask", f"row {r}, columns {_GROUP * g}..{min(cols, _GROUP * g + _GROUP) - 1} "
+                  f"have {int(count[r, g])} bits set; 2:4 needs exactly {int(want[g])}")
+        return rows, cols
+
+    @classmethod
+    def _pack(cls, dense: torch.Tensor, kept: torch.Tensor, cols: int) -> "Sparse24":
+        """dense [rows, width] and kept [rows, width] (exactly 2 per group) -> kernel form."""
+        rows, width = dense.shape
+        groups, chunks = width // _GROUP, width // SPARSE24_CHUNK_COLS
+        # stable descending sort of the 0/1 mask lists each group's two slots in column order
+        pos = torch.sort(kept.view(rows, groups, _GROUP).to(torch.int8), dim=-1, descending=True,
+                         stable=True).indices[..., :_KEPT]
+        values = dense.view(rows, groups, _GROUP).gather(-1, pos).reshape(rows, groups * _KEPT)
+        code = (pos.reshape(rows, chunks, _CHUNK_SLOTS).to(torch.int64) << _SHIFTS).sum(-1)
+        meta = torch.where(code >= 2**31, code - 2**32, code).to(torch.int32).contiguous()
+        nnz = int((values != 0).sum())
+        return cls((rows, cols), nnz, _Packed(values.contiguous(), meta))
+
+    # ------------------------------------------------------------------ views
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._p.values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._p.values.device
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(1, self.rows * self.cols)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of exact zeros in the dense weight (>= 0.5 when cols % 4 == 0)."""
+        return 1.0 - self.density
+
+    @property
+    def packed(self) -> _Packed:
+        """The kernel tensors (read-only by contract)."""
+        return self._p
+
+    def nbytes(self) -> int:
+        """Bytes held by the packed form."""
+        return sum(t.numel() * t.element_size() for t in (self._p.values, self._p.meta))
+
+    def bytes_read(self, m: int) -> int:
+        """Weight bytes a sparse24_linear call streams (the memory-bound cost at m=1)."""
+        return self.nbytes()
+
+    def dense_nbytes(self) -> int:
+        return self.rows * self.cols * self._p.values.element_size()
+
+    # ------------------------------------------------------------------ unpacking
+    def _slot_columns(self) -> torch.Tensor:
+        """int64 [rows, chunks * 16]: the column of every slot (>= cols for padding)."""
+        rows, chunks = self._p.meta.shape
+        meta = self._p.meta.to(torch.int64) & 0xFFFFFFFF
+        pos = ((meta.unsqueeze(-1) >> _SHIFTS) & 3).reshape(rows, chunks * _CHUNK_SLOTS)
+        return (torch.arange(chunks * _CHUNK_SLOTS) // _KEPT) * _GROUP + pos
+
+    def to_dense(self) -> torch.Tensor:
+        width = self._p.meta.shape[1] * SPARSE24_CHUNK_COLS
+        dense = torch.zeros(self.rows, width, dtype=self.dtype)
+        dense.scatter_(1, self._slot_columns(), self._p.values)
+        return dense[:, : self.cols].contiguous()
+
+    def to_bitmask(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Canonical (compressed, bitmask, shape): the compressed-tensors ``sparse-24-bitmask``
+        layout (shape is int64 [2, 1]; bitmask little-endian per row)."""
+        rows, cols = self.shape
+        cols_of = self._slot_columns()
+        real = cols_of < cols
+        compressed = self._p.values[real].view(rows, kept_per_row(cols)).clone()
+        bits = torch.zeros(rows, self._p.meta.shape[1] * SPARSE24_CHUNK_COLS, dtype=torch.bool)
+        bits.scatter_(1, cols_of, True)
+        bits = _padded(bits[:, :cols], -(-cols // 8) * 8, False)
+        bitmask = (bits.view(rows, -(-cols // 8), 8).to(torch.int32) * _BIT_WEIGHTS).sum(-1)
+        shape = torch.tensor([[rows], [cols]], dtype=torch.int64)
+        return compressed, bitmask.to(torch.uint8), shape
+
+    def to(self, dtype: torch.dtype) -> "Sparse24":
+        """Same pattern with values cast to another float dtype."""
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+        values = self._p.values.to(dtype)
+        return Sparse24(self.shape, int((values != 0).sum()), _Packed(values, self._p.meta))
+
+    def validate(self) -> None:
+        """Re-prove the packed invariants (e.g. after tensors were loaded or mutated)."""
+        p = self._p
+        chunks = _chunks(self.cols)
+        for name, t, shape in (("values", p.values, (self.rows, chunks * _CHUNK_SLOTS)),
+                               ("meta", p.meta, (self.rows, chunks))):
+            if tuple(t.shape) != shape:
+                _fail(name, f"shape must be {shape}, got {tuple(t.shape)}")
+            if not t.is_contiguous() or t.device.type != "cpu":
+                _fail(name, "must be a contiguous CPU tensor")
+        if p.values.dtype not in FLOAT_DTYPES:
+            _fail("values", f"dtype must be one of {FLOAT_DTYPES}, got {p.values.dtype}")
+        if p.meta.dtype != torch.int32:
+            _fail("meta", f"dtype must be int32, got {p.meta.dtype}")
+        cols_of = self._slot_columns().view(self.rows, chunks * _CHUNK_SLOTS // _KEPT, _KEPT)
+        if bool((cols_of[..., 1] <= cols_of[..., 0]).any()):
+            _fail("meta", "the two slots of a group must name distinct columns in increasing order")
+        padding = self._slot_columns() >= self.cols
+        if bool((p.values[padding] != 0).any()):
+            _fail("values", "slots beyond the last column must hold zero")
+        if int((p.values != 0).sum()) != self.nnz:
+            _fail("values", f"non-zero count differs from nnz {self.nnz}")
+
+    def __repr__(self) -> str:
+        return (f"Sparse24(shape={self.shape}, nnz={self.nnz}, sparsity={self.sparsity:.3f}, "
+                f"dtype={self.dtype})")
