@@ -161,12 +161,12 @@ def _check_sparse24_raw_sizes(x, values, meta, bias, rows, cols) -> None:
         raise ValueError(f"values dtype must be one of {tuple(DTYPE_CODES)}, got {values.dtype}")
     if rows < 0 or cols < 0:
         raise ValueError(f"rows/cols must be non-negative, got {rows}, {cols}")
-    chunks = -(-cols // SPARSE24_CHUNK_COLS)
+    chunks, quads = -(-cols // SPARSE24_CHUNK_COLS), -(-rows // 4)
     _check_tensor("x", x, values.dtype)
     if x.dim() != 2 or x.shape[1] != cols:
         raise ValueError(f"x must be [m, {cols}], got {tuple(x.shape)}")
-    for name, t, dtype, shape in (("values", values, values.dtype, (rows, chunks * SPARSE24_CHUNK_COLS // 2)),
-                                  ("meta", meta, torch.int32, (rows, chunks))):
+    for name, t, dtype, shape in (("values", values, values.dtype, (quads, chunks, 4, SPARSE24_CHUNK_COLS // 2)),
+                                  ("meta", meta, torch.int32, (quads, chunks, 4, 1))):
         _check_tensor(name, t, dtype)
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")

@@ -33,6 +33,6 @@ struct Simd : Avx2Base {
 
 }  // namespace
 
-const Sparse24Kernels sparse24_kernels_avx2 = {"avx2", 8, 4, rows, tokens};
+const Sparse24Kernels sparse24_kernels_avx2 = {"avx2", 8, 8, rows, tokens};
 
 }  // namespace sparseinfer

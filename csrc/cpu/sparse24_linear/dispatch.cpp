@@ -75,7 +75,8 @@ void sparse24_linear(const Sparse24LinearCall& call, int num_threads) {
   int64_t total = 0;
   for (int64_t t0 = 0; t0 < m; t0 += widest) {
     int64_t mt = std::min(widest, m - t0);
-    int vecs = static_cast<int>((mt + k.lanes - 1) / k.lanes);
+    int vecs = 1;  // a power of 2: the kernels address x^T columns with shifts
+    while (vecs * k.lanes < mt) vecs *= 2;
     tiles.push_back({t0, mt, vecs, total});
     total += padded_cols * vecs * k.lanes;
   }

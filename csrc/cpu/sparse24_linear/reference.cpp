@@ -10,10 +10,11 @@ constexpr int kRefTile = 16;  // tokens per vector in the token path
 template <class F>
 void for_each_kept(const PackedSparse24& w, int64_t r, F&& f) {
   for (int64_t c = 0; c < w.chunks; ++c) {
-    const uint32_t meta = w.meta[r * w.chunks + c];
+    const int64_t cell = s24_cell(w.chunks, r, c);
+    const uint32_t meta = w.meta[cell];
     for (int j = 0; j < int(kS24ChunkKept); ++j) {
       const int64_t col = c * kS24ChunkCols + 4 * (j / 2) + (meta >> (2 * j) & 3u);
-      f(col, load_as_f32(w.dtype, w.values, (r * w.chunks + c) * kS24ChunkKept + j));
+      f(col, load_as_f32(w.dtype, w.values, cell * kS24ChunkKept + j));
     }
   }
 }
@@ -32,7 +33,7 @@ void rows_ref(const PackedSparse24& w, const float* x, int64_t xs, int64_t m, in
 void tokens_ref(const PackedSparse24& w, const float* xt, int vecs, int64_t t0, int64_t mt,
                 int64_t r0, int64_t r1, const LinearOutput& out) {
   const int64_t T = static_cast<int64_t>(vecs) * kRefTile;
-  float acc[kRefTile * 4];
+  float acc[kRefTile * 8];
   for (int64_t r = r0; r < r1; ++r) {
     std::fill(acc, acc + T, 0.f);
     for_each_kept(w, r, [&](int64_t col, float v) {
@@ -44,6 +45,6 @@ void tokens_ref(const PackedSparse24& w, const float* xt, int vecs, int64_t t0, 
 
 }  // namespace
 
-const Sparse24Kernels sparse24_kernels_reference = {"reference", kRefTile, 4, rows_ref, tokens_ref};
+const Sparse24Kernels sparse24_kernels_reference = {"reference", kRefTile, 8, rows_ref, tokens_ref};
 
 }  // namespace sparseinfer

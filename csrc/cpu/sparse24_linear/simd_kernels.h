@@ -12,21 +12,21 @@ constexpr int kMaxTokenGroup = 4;               // tokens per pass in the row ke
 
 // Row kernel, small m: x kept as dense chunks in registers; each 16 kept values select their
 // x lanes with a permute driven by the 2-bit metadata ("load sparse, pick, FMA").
+// Rows r..r+RB-1 lie in one quad, so the weight is read as one sequential stream.
 template <DType DT, int RB, int TB>
 void rows_tile(const PackedSparse24& w, const float* x, int64_t xs, int64_t r, float* res) {
-  const int64_t vstride = w.chunks * kS24ChunkKept;
   V acc[RB][TB];
   for (int i = 0; i < RB; ++i)
     for (int t = 0; t < TB; ++t) acc[i][t] = Simd::zero();
   for (int64_t c = 0; c < w.chunks; ++c) {
     typename Simd::Chunk xc[TB];
     for (int t = 0; t < TB; ++t) xc[t] = Simd::load_chunk(x + t * xs + c * kS24ChunkCols);
+    const int64_t cell = s24_cell(w.chunks, r, c);
     for (int i = 0; i < RB; ++i) {
-      const uint32_t meta = w.meta[(r + i) * w.chunks + c];
-      const int64_t voff = (r + i) * vstride + c * kS24ChunkKept;
+      const uint32_t meta = w.meta[cell + i];
       for (int q = 0; q < kParts; ++q) {
         const typename Simd::Index id = Simd::index(meta, q);
-        const V v = Simd::template load_vals<DT>(w.values, voff + q * L);
+        const V v = Simd::template load_vals<DT>(w.values, (cell + i) * kS24ChunkKept + q * L);
         for (int t = 0; t < TB; ++t) acc[i][t] = Simd::fma(v, Simd::pick(xc[t], id, q), acc[i][t]);
       }
     }
@@ -38,16 +38,11 @@ void rows_tile(const PackedSparse24& w, const float* x, int64_t xs, int64_t r, f
 template <DType DT, int TB>
 void rows_group(const PackedSparse24& w, const float* x, int64_t xs, int64_t r0, int64_t r1,
                 int64_t t0, const LinearOutput& out) {
-  constexpr int RB = TB <= 2 ? 4 : 2;
+  constexpr int RB = TB <= 2 ? 4 : 2;  // accumulators + x chunks must fit the register file
   float res[RB * kMaxTokenGroup];
-  int64_t r = r0;
-  for (; r + RB <= r1; r += RB) {
+  for (int64_t r = r0; r < r1; r += RB) {  // padding rows of the last quad are computed, not stored
     rows_tile<DT, RB, TB>(w, x, xs, r, res);
-    store_block(w.rows, out, r, RB, t0, TB, res, kMaxTokenGroup, 1);
-  }
-  for (; r < r1; ++r) {
-    rows_tile<DT, 1, TB>(w, x, xs, r, res);
-    store_block(w.rows, out, r, 1, t0, TB, res, kMaxTokenGroup, 1);
+    store_block(w.rows, out, r, std::min<int64_t>(RB, r1 - r), t0, TB, res, kMaxTokenGroup, 1);
   }
 }
 
@@ -75,35 +70,44 @@ void rows(const PackedSparse24& w, const float* x, int64_t xs, int64_t m, int64_
 }
 
 // Token path (XNNPACK-style): broadcast one kept weight, FMA a row of VEC*L tokens of x^T.
-// Columns are walked in panels of kPanelChunks so the x^T panel stays in L1 across a row block.
-constexpr int64_t kPanelChunks = 2;
+// Columns are walked in panels so the x^T panel (16 KB) stays in L1 across a row block.
+template <int VEC>
+constexpr int64_t panel_chunks() { return VEC >= 8 ? 2 : 8 / VEC; }
+template <int VEC>
+constexpr int log2_column_bytes() {  // x^T column = VEC vectors of L floats
+  return __builtin_ctz(unsigned(VEC * L * sizeof(float)));
+}
 
 template <DType DT, int VEC>
 void tokens_tile(const PackedSparse24& w, const float* xt, int64_t t0, int64_t mt, int64_t r0,
                  int64_t r1, const LinearOutput& out) {
   constexpr int T = VEC * L;
-  constexpr int S = VEC >= 2 ? 2 : 4;  // independent accumulator sets hide FMA latency
-  const int64_t vstride = w.chunks * kS24ChunkKept;
+  constexpr int S = VEC >= 8 ? 1 : 8 / VEC;  // 8 independent accumulators cover FMA latency x 2 ports
+  constexpr int kShift = log2_column_bytes<VEC>();
+  constexpr int64_t kPanel = panel_chunks<VEC>();
   alignas(64) float acc[kS24RowBlock * T];
   for (int64_t rb = r0; rb < r1; rb += kS24RowBlock) {
     const int64_t nr = std::min<int64_t>(kS24RowBlock, r1 - rb);
-    for (int64_t i = 0; i < nr * T; ++i) acc[i] = 0.f;
-    for (int64_t c0 = 0; c0 < w.chunks; c0 += kPanelChunks) {
-      const int64_t c1 = std::min<int64_t>(w.chunks, c0 + kPanelChunks);
-      for (int64_t r = 0; r < nr; ++r) {
+    const int64_t nr_padded = (nr + kS24RowQuad - 1) / kS24RowQuad * kS24RowQuad;
+    for (int64_t i = 0; i < nr_padded * T; ++i) acc[i] = 0.f;
+    for (int64_t c0 = 0; c0 < w.chunks; c0 += kPanel) {
+      const int64_t c1 = std::min<int64_t>(w.chunks, c0 + kPanel);
+      for (int64_t r = 0; r < nr_padded; ++r) {
         V a[S][VEC];
         for (int v = 0; v < VEC; ++v) {
           a[0][v] = Simd::load(acc + r * T + v * L);
           for (int s = 1; s < S; ++s) a[s][v] = Simd::zero();
         }
         for (int64_t c = c0; c < c1; ++c) {
-          const uint32_t meta = w.meta[(rb + r) * w.chunks + c];
-          const int64_t voff = (rb + r) * vstride + c * kS24ChunkKept;
-          const float* xc = xt + c * kS24ChunkCols * T;
+          const int64_t cell = s24_cell(w.chunks, rb + r, c);
+          const uint32_t meta = w.meta[cell];
+          const char* xc = reinterpret_cast<const char*>(xt + c * kS24ChunkCols * T);
+#pragma GCC unroll 16
           for (int j = 0; j < int(kS24ChunkKept); ++j) {
-            const int col = 4 * (j / 2) + int(meta >> (2 * j) & 3u);
-            const V wv = Simd::template bcast_val<DT>(w.values, voff + j);
-            const float* xr = xc + col * T;
+            // Byte offset of slot j's column: its 2-bit field rotated straight into place.
+            const uint32_t pos = std::rotr(meta, (2 * j - kShift) & 31) & (3u << kShift);
+            const float* xr = reinterpret_cast<const float*>(xc + ((4 * (j / 2)) << kShift) + pos);
+            const V wv = Simd::template bcast_val<DT>(w.values, cell * kS24ChunkKept + j);
             for (int v = 0; v < VEC; ++v) a[j % S][v] = Simd::fma(wv, Simd::load(xr + v * L), a[j % S][v]);
           }
         }
@@ -124,8 +128,8 @@ void tokens_dt(const PackedSparse24& w, const float* xt, int vecs, int64_t t0, i
   switch (vecs) {
     case 1: return tokens_tile<DT, 1>(w, xt, t0, mt, r0, r1, out);
     case 2: return tokens_tile<DT, 2>(w, xt, t0, mt, r0, r1, out);
-    case 3: return tokens_tile<DT, 3>(w, xt, t0, mt, r0, r1, out);
-    default: return tokens_tile<DT, 4>(w, xt, t0, mt, r0, r1, out);
+    case 4: return tokens_tile<DT, 4>(w, xt, t0, mt, r0, r1, out);
+    default: return tokens_tile<DT, 8>(w, xt, t0, mt, r0, r1, out);
   }
 }
 

@@ -12,9 +12,11 @@ keeps min(2, cols % 4) slots, so kept = 2 * (cols // 4) + min(2, cols % 4). comp
 itself requires cols % 4 == 0; such files are identical in both.
 
 Kernel form (what this object stores; see csrc/include/sparseinfer/sparse24_linear.h): columns
-zero-padded to whole 32-column chunks; ``values`` [rows, chunks * 16] and ``meta`` int32
-[rows, chunks] holding, per chunk, the 2-bit in-group column of each of its 16 slots. Any meta
-value is memory-safe (a slot can only address its own group), so only shapes guard the kernel.
+zero-padded to whole 32-column chunks and rows interleaved in quads (padded with zero rows) so
+every kernel streams the weight sequentially: ``values`` [rows/4, chunks, 4, 16] and ``meta``
+int32 [rows/4, chunks, 4] holding, per (row, chunk), the 2-bit in-group column of each of its
+16 slots. Any meta value is memory-safe (a slot can only address its own group), so only
+shapes guard the kernel.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from .errors import FormatError
 _GROUP = 4
 _KEPT = 2
 _CHUNK_SLOTS = SPARSE24_CHUNK_COLS // 2
+_QUAD = 4
 _SHIFTS = 2 * torch.arange(_CHUNK_SLOTS, dtype=torch.int64)
 _BIT_WEIGHTS = 1 << torch.arange(8, dtype=torch.int32)
 
@@ -54,10 +57,28 @@ def _padded(t: torch.Tensor, width: int, fill=0) -> torch.Tensor:
     return out
 
 
+def _quads(rows: int) -> int:
+    return -(-rows // _QUAD)
+
+
+def _interleave(t: torch.Tensor, chunks: int, k: int) -> torch.Tensor:
+    """[rows, chunks * k] row-major -> [rows/4, chunks, 4, k] (zero rows pad the last quad)."""
+    rows, quads = t.shape[0], _quads(t.shape[0])
+    padded = torch.zeros(quads * _QUAD, t.shape[1], dtype=t.dtype)
+    padded[:rows] = t
+    return padded.view(quads, _QUAD, chunks, k).transpose(1, 2).contiguous()
+
+
+def _row_major(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """Inverse of _interleave: [rows/4, chunks, 4, k] -> [rows, chunks * k]."""
+    quads, chunks, _, k = t.shape
+    return t.transpose(1, 2).reshape(quads * _QUAD, chunks * k)[:rows]
+
+
 @dataclass(frozen=True)
 class _Packed:
-    values: torch.Tensor  # [rows, chunks * 16], weight dtype
-    meta: torch.Tensor    # int32 [rows, chunks] (uint32 bit patterns)
+    values: torch.Tensor  # [rows/4, chunks, 4, 16], weight dtype
+    meta: torch.Tensor    # int32 [rows/4, chunks, 4, 1] (uint32 bit patterns)
 
 
 class Sparse24:
@@ -194,7 +215,7 @@ class Sparse24:
         code = (pos.reshape(rows, chunks, _CHUNK_SLOTS).to(torch.int64) << _SHIFTS).sum(-1)
         meta = torch.where(code >= 2**31, code - 2**32, code).to(torch.int32).contiguous()
         nnz = int((values != 0).sum())
-        return cls((rows, cols), nnz, _Packed(values.contiguous(), meta))
+        return cls((rows, cols), nnz, _Packed(_interleave(values, chunks, _CHUNK_SLOTS), _interleave(meta, chunks, 1)))
 
     # ------------------------------------------------------------------ views
     @property
@@ -239,17 +260,25 @@ class Sparse24:
         return self.rows * self.cols * self._p.values.element_size()
 
     # ------------------------------------------------------------------ unpacking
+    @property
+    def chunks(self) -> int:
+        return self._p.meta.shape[1]
+
+    def _values(self) -> torch.Tensor:
+        """Slot values, row-major [rows, chunks * 16]."""
+        return _row_major(self._p.values, self.rows)
+
     def _slot_columns(self) -> torch.Tensor:
         """int64 [rows, chunks * 16]: the column of every slot (>= cols for padding)."""
-        rows, chunks = self._p.meta.shape
-        meta = self._p.meta.to(torch.int64) & 0xFFFFFFFF
+        rows, chunks = self.rows, self.chunks
+        meta = _row_major(self._p.meta, rows).to(torch.int64) & 0xFFFFFFFF
         pos = ((meta.unsqueeze(-1) >> _SHIFTS) & 3).reshape(rows, chunks * _CHUNK_SLOTS)
         return (torch.arange(chunks * _CHUNK_SLOTS) // _KEPT) * _GROUP + pos
 
     def to_dense(self) -> torch.Tensor:
-        width = self._p.meta.shape[1] * SPARSE24_CHUNK_COLS
+        width = self.chunks * SPARSE24_CHUNK_COLS
         dense = torch.zeros(self.rows, width, dtype=self.dtype)
-        dense.scatter_(1, self._slot_columns(), self._p.values)
+        dense.scatter_(1, self._slot_columns(), self._values())
         return dense[:, : self.cols].contiguous()
 
     def to_bitmask(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -258,8 +287,8 @@ class Sparse24:
         rows, cols = self.shape
         cols_of = self._slot_columns()
         real = cols_of < cols
-        compressed = self._p.values[real].view(rows, kept_per_row(cols)).clone()
-        bits = torch.zeros(rows, self._p.meta.shape[1] * SPARSE24_CHUNK_COLS, dtype=torch.bool)
+        compressed = self._values()[real].view(rows, kept_per_row(cols)).clone()
+        bits = torch.zeros(rows, self.chunks * SPARSE24_CHUNK_COLS, dtype=torch.bool)
         bits.scatter_(1, cols_of, True)
         bits = _padded(bits[:, :cols], -(-cols // 8) * 8, False)
         bitmask = (bits.view(rows, -(-cols // 8), 8).to(torch.int32) * _BIT_WEIGHTS).sum(-1)
@@ -276,9 +305,9 @@ class Sparse24:
     def validate(self) -> None:
         """Re-prove the packed invariants (e.g. after tensors were loaded or mutated)."""
         p = self._p
-        chunks = _chunks(self.cols)
-        for name, t, shape in (("values", p.values, (self.rows, chunks * _CHUNK_SLOTS)),
-                               ("meta", p.meta, (self.rows, chunks))):
+        chunks, quads = _chunks(self.cols), _quads(self.rows)
+        for name, t, shape in (("values", p.values, (quads, chunks, _QUAD, _CHUNK_SLOTS)),
+                               ("meta", p.meta, (quads, chunks, _QUAD, 1))):
             if tuple(t.shape) != shape:
                 _fail(name, f"shape must be {shape}, got {tuple(t.shape)}")
             if not t.is_contiguous() or t.device.type != "cpu":
@@ -290,9 +319,10 @@ class Sparse24:
         cols_of = self._slot_columns().view(self.rows, chunks * _CHUNK_SLOTS // _KEPT, _KEPT)
         if bool((cols_of[..., 1] <= cols_of[..., 0]).any()):
             _fail("meta", "the two slots of a group must name distinct columns in increasing order")
-        padding = self._slot_columns() >= self.cols
-        if bool((p.values[padding] != 0).any()):
+        if bool((self._values()[self._slot_columns() >= self.cols] != 0).any()):
             _fail("values", "slots beyond the last column must hold zero")
+        if bool((_row_major(p.values, quads * _QUAD)[self.rows:] != 0).any()):
+            _fail("values", "the rows padding the last quad must hold zero")
         if int((p.values != 0).sum()) != self.nnz:
             _fail("values", f"non-zero count differs from nnz {self.nnz}")
 
