@@ -5,14 +5,15 @@ import contextlib
 from typing import Iterator
 
 from ._native import _C
-from . import ops, reference, formats, nn
-from .formats import CSR
-from .nn import CSRLinear, sparsify, SparsifyReport
+from . import ops, reference, formats, nn, compress
+from .formats import CSR, Sparse24
+from .nn import CSRLinear, Sparse24Linear, sparsify, SparsifyReport
 
 __version__ = _C.build_info()["version"]
 
 __all__ = [
-    "CSR", "CSRLinear", "sparsify", "SparsifyReport", "ops", "reference", "formats", "nn",
+    "CSR", "CSRLinear", "Sparse24", "Sparse24Linear", "sparsify", "SparsifyReport", "ops",
+    "reference", "formats", "nn", "compress",
     "cpu_features", "build_info", "set_cpu_isa", "cpu_isa",
 ]
 

@@ -1,5 +1,6 @@
 """Drop-in layers that run on sparseinfer kernels, and the model-level swap."""
 from .csr_linear import CSRLinear
+from .sparse24_linear import Sparse24Linear
 from .sparsify import sparsify, SparsifyReport, LayerReport
 
-__all__ = ["CSRLinear", "sparsify", "SparsifyReport", "LayerReport"]
+__all__ = ["CSRLinear", "Sparse24Linear", "sparsify", "SparsifyReport", "LayerReport"]

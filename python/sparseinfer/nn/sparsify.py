@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from .._native import FLOAT_DTYPES
+from ..formats.sparse24 import Sparse24
 from .csr_linear import CSRLinear
+from .sparse24_linear import Sparse24Linear
 
-FORMATS = {"csr": CSRLinear}
+FORMATS = {"csr": CSRLinear, "2:4": Sparse24Linear}
 
 
 @dataclass
@@ -55,9 +57,13 @@ class SparsifyReport:
 
 def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
              filter: Optional[Callable[[str, nn.Linear], bool]] = None) -> SparsifyReport:
-    """Replace every nn.Linear of `model` whose weight has at least `min_sparsity` exact zeros
-    with the sparse layer for `format`, in place. `filter(name, linear)` may veto layers.
-    Returns a report of every Linear seen (converted or why not)."""
+    """Replace qualifying nn.Linear modules of `model` with the sparse layer for `format`, in
+    place, and return a report of every Linear seen (converted or why not).
+
+    format="csr": layers whose weight has at least `min_sparsity` exact zeros.
+    format="2:4": layers whose weight is 2:4 sparse (prune first with
+    sparseinfer.compress.prune_2_4); `min_sparsity` does not apply.
+    `filter(name, linear)` may veto layers."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; available: {sorted(FORMATS)}")
     if not 0.0 <= min_sparsity <= 1.0:
@@ -79,7 +85,9 @@ def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
             entry.reason = f"on {weight.device} (CPU only for now)"
         elif weight.dtype not in FLOAT_DTYPES:
             entry.reason = f"dtype {weight.dtype} not supported"
-        elif sparsity < min_sparsity:
+        elif format == "2:4" and (problem := Sparse24.first_violation(weight)) is not None:
+            entry.reason = f"not 2:4: {problem}"
+        elif format != "2:4" and sparsity < min_sparsity:
             entry.reason = f"sparsity below {min_sparsity}"
         elif filter is not None and not filter(name, module):
             entry.reason = "excluded by filter"

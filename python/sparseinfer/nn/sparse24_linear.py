@@ -1,0 +1,104 @@
+"""Sparse24Linear: an nn.Linear whose weight is 2:4 semi-structured sparse."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..compress import prune_2_4
+from ..formats.sparse24 import Sparse24, _Packed
+
+# state_dict keys: the compressed-tensors sparse-24-bitmask layout of this layer's weight
+# (the packed kernel form is rebuilt and validated on load).
+_STATE_KEYS = ("shape", "compressed", "bitmask")
+
+
+class Sparse24Linear(nn.Module):
+    """y = x @ W.T + b with W 2:4 sparse. Inference only: no gradient flows to W."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self._set_weight(Sparse24.from_dense(torch.zeros(out_features, in_features, dtype=dtype)))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                   prune: bool = False) -> "Sparse24Linear":
+        """From a dense [out, in] weight. prune=True applies 2:4 magnitude pruning first;
+        otherwise the weight must already be 2:4 (ValueError naming the first bad group)."""
+        weight = weight.detach()
+        if prune:
+            weight = prune_2_4(weight)
+        layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+        layer._set_weight(Sparse24.from_dense(weight))
+        if bias is not None:
+            layer.bias.data = bias.detach().to(weight.dtype).clone()
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, prune: bool = False) -> "Sparse24Linear":
+        return cls.from_dense(linear.weight, linear.bias, prune=prune)
+
+    def _set_weight(self, weight: Sparse24) -> None:
+        self.nnz = weight.nnz
+        self.register_buffer("_s24_values", weight.packed.values, persistent=False)
+        self.register_buffer("_s24_meta", weight.packed.meta, persistent=False)
+
+    @property
+    def weight(self) -> Sparse24:
+        """The 2:4 weight, viewed over this module's (possibly cast) buffers."""
+        return Sparse24((self.out_features, self.in_features), self.nnz,
+                        _Packed(self._s24_values, self._s24_meta))
+
+    @property
+    def sparsity(self) -> float:
+        return self.weight.sparsity
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.sparse24_linear(x.contiguous(), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, sparsity={self.sparsity:.3f}, "
+                f"dtype={self.weight.dtype}")
+
+    def _apply(self, fn, recurse=True):
+        # .half()/.to(dtype) cast the values; nnz may shrink when small values flush to zero.
+        super()._apply(fn, recurse)
+        self.nnz = int((self._s24_values != 0).sum())
+        return self
+
+    # state_dict holds the canonical compressed-tensors layout, never the kernel layout.
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        compressed, bitmask, shape = self.weight.to_bitmask()
+        destination[prefix + "shape"] = shape
+        destination[prefix + "compressed"] = compressed
+        destination[prefix + "bitmask"] = bitmask
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        present = [prefix + k in state_dict for k in _STATE_KEYS]
+        if all(present):
+            shape, compressed, bitmask = (state_dict[prefix + k] for k in _STATE_KEYS)
+            try:
+                weight = Sparse24.from_bitmask(compressed, bitmask, shape)
+            except ValueError as exc:
+                error_msgs.append(f"{prefix}weight: {exc}")
+            else:
+                if weight.shape != (self.out_features, self.in_features):
+                    error_msgs.append(f"{prefix}weight: shape {weight.shape} does not match "
+                                      f"({self.out_features}, {self.in_features})")
+                else:
+                    self._set_weight(weight)
+        else:
+            missing_keys.extend(prefix + k for k, ok in zip(_STATE_KEYS, present) if not ok)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        ours = {prefix + k for k in _STATE_KEYS}
+        unexpected_keys[:] = [k for k in unexpected_keys if k not in ours]
