@@ -20,3 +20,12 @@ def random_sparse(rows, cols, sparsity, dtype=torch.float32):
     w = torch.randn(rows, cols)
     w[torch.rand(rows, cols) < sparsity] = 0
     return w.to(dtype)
+
+
+def random_2_4(rows, cols, dtype=torch.float32, extra_zeros=0.0):
+    """A random weight pruned to 2:4 (groups along the input dim), optionally with extra zeros."""
+    from sparseinfer.compress import prune_2_4
+    w = prune_2_4(torch.randn(rows, cols))
+    if extra_zeros:
+        w[torch.rand(rows, cols) < extra_zeros] = 0
+    return w.to(dtype)

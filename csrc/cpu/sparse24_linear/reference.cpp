@@ -1,4 +1,6 @@
 // Scalar 2:4 kernels: the portable tier (any CPU) and the simplest statement of the layout.
+// They accumulate in double: one sequential sum over K/2 terms would otherwise lose accuracy
+// that the vector tiers (16 partial sums) keep.
 #include "common.h"
 
 namespace sparseinfer {
@@ -23,9 +25,10 @@ void rows_ref(const PackedSparse24& w, const float* x, int64_t xs, int64_t m, in
               int64_t r1, const LinearOutput& out) {
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t t = 0; t < m; ++t) {
-      float acc = 0.f;
-      for_each_kept(w, r, [&](int64_t col, float v) { acc += v * x[t * xs + col]; });
-      store_block(w.rows, out, r, 1, t, 1, &acc, 1, 1);
+      double acc = 0.0;
+      for_each_kept(w, r, [&](int64_t col, float v) { acc += double(v) * x[t * xs + col]; });
+      const float result = static_cast<float>(acc);
+      store_block(w.rows, out, r, 1, t, 1, &result, 1, 1);
     }
   }
 }
@@ -33,13 +36,15 @@ void rows_ref(const PackedSparse24& w, const float* x, int64_t xs, int64_t m, in
 void tokens_ref(const PackedSparse24& w, const float* xt, int vecs, int64_t t0, int64_t mt,
                 int64_t r0, int64_t r1, const LinearOutput& out) {
   const int64_t T = static_cast<int64_t>(vecs) * kRefTile;
-  float acc[kRefTile * 8];
+  double acc[kRefTile * 8];
+  float result[kRefTile * 8];
   for (int64_t r = r0; r < r1; ++r) {
-    std::fill(acc, acc + T, 0.f);
+    std::fill(acc, acc + T, 0.0);
     for_each_kept(w, r, [&](int64_t col, float v) {
-      for (int64_t t = 0; t < T; ++t) acc[t] += v * xt[col * T + t];
+      for (int64_t t = 0; t < T; ++t) acc[t] += double(v) * xt[col * T + t];
     });
-    store_block(w.rows, out, r, 1, t0, mt, acc, 1, 1);
+    for (int64_t t = 0; t < T; ++t) result[t] = static_cast<float>(acc[t]);
+    store_block(w.rows, out, r, 1, t0, mt, result, 1, 1);
   }
 }
 

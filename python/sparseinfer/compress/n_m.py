@@ -38,8 +38,8 @@ def n_m_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 def prune_n_m(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """A copy of `weight` with all but the n largest |w| of every m consecutive input columns zeroed."""
-    weight = weight.detach()
-    return torch.where(n_m_mask(weight, n, m), weight, torch.zeros((), dtype=weight.dtype))
+    mask = n_m_mask(weight, n, m)
+    return torch.where(mask, weight.detach(), torch.zeros((), dtype=weight.dtype))
 
 
 def prune_2_4(weight: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,10 @@ class Sparse24Linear(nn.Module):
         weight = weight.detach()
         if prune:
             weight = prune_2_4(weight)
+        problem = Sparse24.first_violation(weight) if weight.dim() == 2 else None
+        if problem is not None:
+            raise ValueError(f"weight is not 2:4 sparse: {problem}. Pass prune=True to apply 2:4 "
+                             "magnitude pruning, or prune it yourself with sparseinfer.compress.prune_2_4.")
         layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
         layer._set_weight(Sparse24.from_dense(weight))
         if bias is not None:
