@@ -1,4 +1,4 @@
-"""`sparseinfer` command line: bench (CSR vs dense, the main job) and info."""
+"""`sparseinfer` command line: bench (sparse kernels vs dense, the main job) and info."""
 from __future__ import annotations
 
 import argparse
@@ -35,16 +35,20 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .benchmarking import DEFAULT_MS, DEFAULT_SHAPES, DEFAULT_SPARSITIES
+    from .benchmarking import DEFAULT_MS, DEFAULT_SHAPES, DEFAULT_SPARSITIES, FORMATS
     parser = argparse.ArgumentParser(prog="sparseinfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="time csr_linear against dense F.linear (same run)")
+    bench = sub.add_parser("bench", help="time the sparse kernels against dense F.linear (same run)")
+    bench.add_argument("--format", choices=FORMATS, nargs="+", default=list(FORMATS),
+                       help="weight formats to time (csr: unstructured; 2:4: semi-structured)")
     bench.add_argument("--shapes", type=_shape, nargs="+",
                        default=list(DEFAULT_SHAPES), help="OUTxIN weight shapes")
-    bench.add_argument("--sparsity", type=_sparsity, nargs="+", default=list(DEFAULT_SPARSITIES))
+    bench.add_argument("--sparsity", type=_sparsity, nargs="+", default=list(DEFAULT_SPARSITIES),
+                       help="csr sparsities (2:4 is 50%% by construction)")
     bench.add_argument("--m", type=_positive, nargs="+", default=list(DEFAULT_MS),
                        help="tokens per call (batch x sequence)")
-    bench.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    bench.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                       help="weight/activation dtype; dense runs in the same dtype")
     bench.add_argument("--threads", type=_positive, default=None,
                        help="torch.set_num_threads (default: torch's current setting)")
     bench.add_argument("--isa", default=None, help="force a CPU ISA tier (reference/avx2/avx512)")
@@ -58,22 +62,22 @@ def _bench(args) -> int:
     from tqdm import tqdm
 
     import sparseinfer
-    from .benchmarking import format_table, results_json, run_grid
+    from .benchmarking import format_table, grid_size, results_json, run_grid
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.isa:
         sparseinfer.set_cpu_isa(args.isa)
-    total = len(args.shapes) * len(args.sparsity) * len(args.m)
-    print(f"sparseinfer {sparseinfer.__version__}: csr_linear vs dense F.linear, "
+    total = grid_size(args.format, args.shapes, args.sparsity, args.m)
+    print(f"sparseinfer {sparseinfer.__version__}: {' and '.join(args.format)} vs dense F.linear, "
           f"{DTYPES[args.dtype]}, {torch.get_num_threads()} threads, "
           f"ISA {sparseinfer.build_info()['active_isa']}", flush=True)
     with tqdm(total=total, unit="case", file=sys.stderr) as bar:
-        results = run_grid(args.shapes, args.sparsity, args.m, DTYPES[args.dtype], args.min_time,
-                           progress=lambda r: bar.update(1))
+        results = run_grid(args.format, args.shapes, args.sparsity, args.m, DTYPES[args.dtype],
+                           args.min_time, progress=lambda r: bar.update(1))
     print(format_table(results))
-    print("speedup = dense ms / csr ms in this run; bytes ratio = dense weight bytes / bytes "
-          "csr_linear reads (the memory-bound ceiling at m=1)")
+    print("speedup = dense ms / sparse ms in this run; bytes ratio = dense weight bytes / bytes "
+          "the sparse kernel reads (the memory-bound ceiling at m=1)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results_json(results), f, indent=2)
