@@ -38,7 +38,8 @@ void rows_tile(const PackedSparse24& w, const float* x, int64_t xs, int64_t r, f
 template <DType DT, int TB>
 void rows_group(const PackedSparse24& w, const float* x, int64_t xs, int64_t r0, int64_t r1,
                 int64_t t0, const LinearOutput& out) {
-  constexpr int RB = TB <= 2 ? 4 : 2;  // accumulators + x chunks must fit the register file
+  // Accumulators + x chunks must fit the register file (32 zmm, 16 ymm).
+  constexpr int RB = (L == 16 || TB <= 2) ? 4 : 2;
   float res[RB * kMaxTokenGroup];
   for (int64_t r = r0; r < r1; r += RB) {  // padding rows of the last quad are computed, not stored
     rows_tile<DT, RB, TB>(w, x, xs, r, res);
