@@ -11,16 +11,28 @@
 namespace sparseinfer {
 namespace {
 
+template <DType DT>
+void store_block_dt(int64_t rows, const LinearOutput& out, int64_t r0, int64_t nr, int64_t t0,
+                    int64_t mt, const float* acc, int64_t rs, int64_t ts) {
+  for (int64_t t = 0; t < mt; ++t) {
+    const int64_t base = (t0 + t) * rows + r0;
+    const float* a = acc + t * ts;
+    if (out.bias) {
+      for (int64_t r = 0; r < nr; ++r)
+        store_from_f32(DT, out.y, base + r, a[r * rs] + load_as_f32(DT, out.bias, r0 + r));
+    } else {
+      for (int64_t r = 0; r < nr; ++r) store_from_f32(DT, out.y, base + r, a[r * rs]);
+    }
+  }
+}
+
 // y[t0 + t][r0 + r] = acc[r * rs + t * ts] + bias[r0 + r] for t < mt, r < nr; y has `rows` columns.
 inline void store_block(int64_t rows, const LinearOutput& out, int64_t r0, int64_t nr, int64_t t0,
                         int64_t mt, const float* acc, int64_t rs, int64_t ts) {
-  for (int64_t t = 0; t < mt; ++t) {
-    int64_t base = (t0 + t) * rows + r0;
-    for (int64_t r = 0; r < nr; ++r) {
-      float v = acc[r * rs + t * ts];
-      if (out.bias) v += load_as_f32(out.dtype, out.bias, r0 + r);
-      store_from_f32(out.dtype, out.y, base + r, v);
-    }
+  switch (out.dtype) {
+    case DType::f32: return store_block_dt<DType::f32>(rows, out, r0, nr, t0, mt, acc, rs, ts);
+    case DType::bf16: return store_block_dt<DType::bf16>(rows, out, r0, nr, t0, mt, acc, rs, ts);
+    case DType::f16: return store_block_dt<DType::f16>(rows, out, r0, nr, t0, mt, acc, rs, ts);
   }
 }
 
@@ -71,8 +83,12 @@ inline void rows_to_f32(DType dt, const void* x, int64_t m, int64_t cols, int64_
 }
 
 // Per-thread scratch, 64-byte aligned: vector loads from a misaligned buffer (malloc's mmap
-// chunks are 16 bytes off a line) split across two cache lines.
-inline float* scratch_floats(int64_t n) {
+// chunks are 16 bytes off a line) split across two cache lines. Drivers lay out x in
+// kDriverScratch while kernels (run on the same threads) keep partial sums in kKernelScratch.
+constexpr int kDriverScratch = 0;
+constexpr int kKernelScratch = 1;
+template <int kWhich>
+float* scratch_floats(int64_t n) {
   thread_local std::vector<float> buffer;
   constexpr int64_t kAlign = 64 / sizeof(float);
   if (static_cast<int64_t>(buffer.size()) < n + kAlign) buffer.resize(n + kAlign);

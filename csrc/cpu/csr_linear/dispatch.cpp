@@ -84,7 +84,7 @@ void csr_linear(const CsrLinearCall& call, int num_threads) {
   const int tasks = choose_tasks(w, m, num_threads);
 
   if (use_row_kernels(m)) {
-    float* xbuf = scratch_floats(m * padded_cols);
+    float* xbuf = scratch_floats<kDriverScratch>(m * padded_cols);
     rows_to_f32(w.dtype, call.x, m, w.cols, padded_cols, xbuf);
     RowsKernel kernel = w.bitmask ? k.rows_expand : k.rows_gather;
     const float* x = xbuf;
@@ -109,7 +109,7 @@ void csr_linear(const CsrLinearCall& call, int num_threads) {
     tiles.push_back({t0, mt, vecs, total});
     total += padded_cols * vecs * k.lanes;
   }
-  float* xt = scratch_floats(total);
+  float* xt = scratch_floats<kDriverScratch>(total);
   const int pack_tasks = std::min<int>(num_threads, static_cast<int>(std::max<int64_t>(1, m * w.cols / kMinWorkPerThread)));
   cpu::parallel_for_tasks(pack_tasks, [&](int t, int n) {
     int64_t c0 = padded_cols * t / n, c1 = padded_cols * (t + 1) / n;

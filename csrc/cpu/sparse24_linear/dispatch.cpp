@@ -58,7 +58,7 @@ void sparse24_linear(const Sparse24LinearCall& call, int num_threads) {
   const int tasks = choose_tasks(w, m, num_threads);
 
   if (m < kTokensMinM) {
-    float* x = scratch_floats(m * padded_cols);
+    float* x = scratch_floats<kDriverScratch>(m * padded_cols);
     rows_to_f32(w.dtype, call.x, m, w.cols, padded_cols, x);
     run_rows(w, tasks, [&](int64_t r0, int64_t r1) { k.rows(w, x, padded_cols, m, r0, r1, call.out); });
     return;
@@ -80,7 +80,7 @@ void sparse24_linear(const Sparse24LinearCall& call, int num_threads) {
     tiles.push_back({t0, mt, vecs, total});
     total += padded_cols * vecs * k.lanes;
   }
-  float* xt = scratch_floats(total);
+  float* xt = scratch_floats<kDriverScratch>(total);
   const int pack_tasks = static_cast<int>(
       std::min<int64_t>(num_threads, std::max<int64_t>(1, m * w.cols / kMinWorkPerThread)));
   cpu::parallel_for_tasks(pack_tasks, [&](int t, int n) {

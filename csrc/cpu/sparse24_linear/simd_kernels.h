@@ -71,9 +71,13 @@ void rows(const PackedSparse24& w, const float* x, int64_t xs, int64_t m, int64_
 }
 
 // Token path (XNNPACK-style): broadcast one kept weight, FMA a row of VEC*L tokens of x^T.
-// Columns are walked in panels so the x^T panel (16 KB) stays in L1 across a row block.
+// Blocking: columns are cut into slabs whose x^T (256 KB) stays in L2 while every row of the
+// range passes over it (partial sums wait in a per-thread buffer), and each slab into panels
+// whose x^T (16 KB) stays in L1 across a block of rows.
 template <int VEC>
 constexpr int64_t panel_chunks() { return VEC >= 8 ? 2 : 8 / VEC; }
+template <int VEC>
+constexpr int64_t slab_chunks() { return (int64_t(256) << 10) / (kS24ChunkCols * VEC * L * 4); }
 template <int VEC>
 constexpr int log2_column_bytes() {  // x^T column = VEC vectors of L floats
   return __builtin_ctz(unsigned(VEC * L * sizeof(float)));
@@ -86,40 +90,46 @@ void tokens_tile(const PackedSparse24& w, const float* xt, int64_t t0, int64_t m
   constexpr int S = VEC >= 8 ? 1 : 8 / VEC;  // 8 independent accumulators cover FMA latency x 2 ports
   constexpr int kShift = log2_column_bytes<VEC>();
   constexpr int64_t kPanel = panel_chunks<VEC>();
-  alignas(64) float acc[kS24RowBlock * T];
-  for (int64_t rb = r0; rb < r1; rb += kS24RowBlock) {
-    const int64_t nr = std::min<int64_t>(kS24RowBlock, r1 - rb);
-    const int64_t nr_padded = (nr + kS24RowQuad - 1) / kS24RowQuad * kS24RowQuad;
-    for (int64_t i = 0; i < nr_padded * T; ++i) acc[i] = 0.f;
-    for (int64_t c0 = 0; c0 < w.chunks; c0 += kPanel) {
-      const int64_t c1 = std::min<int64_t>(w.chunks, c0 + kPanel);
-      for (int64_t r = 0; r < nr_padded; ++r) {
-        V a[S][VEC];
-        for (int v = 0; v < VEC; ++v) {
-          a[0][v] = Simd::load(acc + r * T + v * L);
-          for (int s = 1; s < S; ++s) a[s][v] = Simd::zero();
-        }
-        for (int64_t c = c0; c < c1; ++c) {
-          const int64_t cell = s24_cell(w.chunks, rb + r, c);
-          const uint32_t meta = w.meta[cell];
-          const char* xc = reinterpret_cast<const char*>(xt + c * kS24ChunkCols * T);
+  constexpr int64_t kSlab = slab_chunks<VEC>();
+  const int64_t rows_padded = (r1 - r0 + kS24RowQuad - 1) / kS24RowQuad * kS24RowQuad;
+  float* partial = scratch_floats<kKernelScratch>(rows_padded * T);  // [rows_padded][T]
+  for (int64_t k0 = 0; k0 < w.chunks; k0 += kSlab) {
+    const int64_t k1 = std::min<int64_t>(w.chunks, k0 + kSlab);
+    for (int64_t rb = r0; rb < r1; rb += kS24RowBlock) {
+      const int64_t nr = std::min<int64_t>(kS24RowBlock, r1 - rb);
+      const int64_t nr_padded = (nr + kS24RowQuad - 1) / kS24RowQuad * kS24RowQuad;
+      float* acc = partial + (rb - r0) * T;
+      if (k0 == 0) std::fill(acc, acc + nr_padded * T, 0.f);
+      for (int64_t c0 = k0; c0 < k1; c0 += kPanel) {
+        const int64_t c1 = std::min<int64_t>(k1, c0 + kPanel);
+        for (int64_t r = 0; r < nr_padded; ++r) {
+          V a[S][VEC];
+          for (int v = 0; v < VEC; ++v) {
+            a[0][v] = Simd::load(acc + r * T + v * L);
+            for (int s = 1; s < S; ++s) a[s][v] = Simd::zero();
+          }
+          for (int64_t c = c0; c < c1; ++c) {
+            const int64_t cell = s24_cell(w.chunks, rb + r, c);
+            const uint32_t meta = w.meta[cell];
+            const char* xc = reinterpret_cast<const char*>(xt + c * kS24ChunkCols * T);
 #pragma GCC unroll 16
-          for (int j = 0; j < int(kS24ChunkKept); ++j) {
-            // Byte offset of slot j's column: its 2-bit field rotated straight into place.
-            const uint32_t pos = std::rotr(meta, (2 * j - kShift) & 31) & (3u << kShift);
-            const float* xr = reinterpret_cast<const float*>(xc + ((4 * (j / 2)) << kShift) + pos);
-            const V wv = Simd::template bcast_val<DT>(w.values, cell * kS24ChunkKept + j);
-            for (int v = 0; v < VEC; ++v) a[j % S][v] = Simd::fma(wv, Simd::load(xr + v * L), a[j % S][v]);
+            for (int j = 0; j < int(kS24ChunkKept); ++j) {
+              // Byte offset of slot j's column: its 2-bit field rotated straight into place.
+              const uint32_t pos = std::rotr(meta, (2 * j - kShift) & 31) & (3u << kShift);
+              const float* xr = reinterpret_cast<const float*>(xc + ((4 * (j / 2)) << kShift) + pos);
+              const V wv = Simd::template bcast_val<DT>(w.values, cell * kS24ChunkKept + j);
+              for (int v = 0; v < VEC; ++v) a[j % S][v] = Simd::fma(wv, Simd::load(xr + v * L), a[j % S][v]);
+            }
+          }
+          for (int v = 0; v < VEC; ++v) {
+            V sum = a[0][v];
+            for (int s = 1; s < S; ++s) sum = Simd::add(sum, a[s][v]);
+            Simd::store(acc + r * T + v * L, sum);
           }
         }
-        for (int v = 0; v < VEC; ++v) {
-          V sum = a[0][v];
-          for (int s = 1; s < S; ++s) sum = Simd::add(sum, a[s][v]);
-          Simd::store(acc + r * T + v * L, sum);
-        }
       }
+      if (k1 == w.chunks) store_block(w.rows, out, rb, nr, t0, mt, acc, T, 1);
     }
-    store_block(w.rows, out, rb, nr, t0, mt, acc, T, 1);
   }
 }
 
