@@ -23,7 +23,7 @@ def test_matches_reference(isa, dtype, m):
 
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (1, 2), (5, 3), (3, 5), (2, 6), (7, 7), (130, 129),
-                                       (64, 128), (33, 1000)])
+                                       (64, 128), (33, 1000), (20, 2100)])
 @pytest.mark.parametrize("extra_zeros", [0.0, 0.5, 1.0])
 def test_shapes_and_sparsities(isa, rows, cols, extra_zeros):
     w = random_2_4(rows, cols, extra_zeros=extra_zeros)
