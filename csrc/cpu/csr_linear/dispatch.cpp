@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../driver_common.h"
 #include "common.h"
 #include "sparseinfer/cpu_features.h"
 #include "sparseinfer/thread_pool.h"
@@ -84,7 +85,7 @@ void csr_linear(const CsrLinearCall& call, int num_threads) {
   const int tasks = choose_tasks(w, m, num_threads);
 
   if (use_row_kernels(m)) {
-    float* xbuf = scratch_floats<kDriverScratch>(m * padded_cols);
+    float* xbuf = scratch_floats(kDriverScratch, m * padded_cols);
     rows_to_f32(w.dtype, call.x, m, w.cols, padded_cols, xbuf);
     RowsKernel kernel = w.bitmask ? k.rows_expand : k.rows_gather;
     const float* x = xbuf;
@@ -94,32 +95,11 @@ void csr_linear(const CsrLinearCall& call, int num_threads) {
     return;
   }
 
-  // Token path: x^T tiles of up to lanes * max_vecs tokens, packed once per call.
-  const int64_t widest = int64_t(k.lanes) * k.max_vecs;
-  struct Tile {
-    int64_t t0, mt;
-    int vecs;
-    int64_t offset;
-  };
-  std::vector<Tile> tiles;
-  int64_t total = 0;
-  for (int64_t t0 = 0; t0 < m; t0 += widest) {
-    int64_t mt = std::min(widest, m - t0);
-    int vecs = static_cast<int>((mt + k.lanes - 1) / k.lanes);
-    tiles.push_back({t0, mt, vecs, total});
-    total += padded_cols * vecs * k.lanes;
-  }
-  float* xt = scratch_floats<kDriverScratch>(total);
-  const int pack_tasks = std::min<int>(num_threads, static_cast<int>(std::max<int64_t>(1, m * w.cols / kMinWorkPerThread)));
-  cpu::parallel_for_tasks(pack_tasks, [&](int t, int n) {
-    int64_t c0 = padded_cols * t / n, c1 = padded_cols * (t + 1) / n;
-    for (const Tile& tile : tiles)
-      pack_tokens(w.dtype, call.x, w.cols, tile.t0, tile.mt, int64_t(tile.vecs) * k.lanes, c0, c1,
-                  xt + tile.offset);
-  });
+  const TokenTiles tiles = pack_token_tiles(w.dtype, call.x, m, w.cols, padded_cols, k.lanes,
+                                            k.max_vecs, false, num_threads, kMinWorkPerThread);
   run_blocks(w, tasks, [&](int64_t b0, int64_t b1) {
-    for (const Tile& tile : tiles)
-      k.tokens(w, xt + tile.offset, tile.vecs, tile.t0, tile.mt, b0, b1, call.out);
+    for (const TokenTile& tile : tiles.tiles)
+      k.tokens(w, tiles.xt + tile.offset, tile.vecs, tile.t0, tile.mt, b0, b1, call.out);
   });
 }
 

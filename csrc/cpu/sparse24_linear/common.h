@@ -5,4 +5,5 @@
 #include <cstdint>
 
 #include "../kernel_common.h"
+#include "sparseinfer/scratch.h"
 #include "sparseinfer/sparse24_linear.h"

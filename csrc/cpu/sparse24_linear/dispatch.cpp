@@ -2,6 +2,7 @@
 // once per call, and splits rows evenly across threads (every row costs the same).
 #include <vector>
 
+#include "../driver_common.h"
 #include "common.h"
 #include "sparseinfer/cpu_features.h"
 #include "sparseinfer/thread_pool.h"
@@ -58,40 +59,18 @@ void sparse24_linear(const Sparse24LinearCall& call, int num_threads) {
   const int tasks = choose_tasks(w, m, num_threads);
 
   if (m < kTokensMinM) {
-    float* x = scratch_floats<kDriverScratch>(m * padded_cols);
+    float* x = scratch_floats(kDriverScratch, m * padded_cols);
     rows_to_f32(w.dtype, call.x, m, w.cols, padded_cols, x);
     run_rows(w, tasks, [&](int64_t r0, int64_t r1) { k.rows(w, x, padded_cols, m, r0, r1, call.out); });
     return;
   }
 
-  // Token path: x^T tiles of up to lanes * max_vecs tokens, packed once per call.
-  const int64_t widest = int64_t(k.lanes) * k.max_vecs;
-  struct Tile {
-    int64_t t0, mt;
-    int vecs;
-    int64_t offset;
-  };
-  std::vector<Tile> tiles;
-  int64_t total = 0;
-  for (int64_t t0 = 0; t0 < m; t0 += widest) {
-    int64_t mt = std::min(widest, m - t0);
-    int vecs = 1;  // a power of 2: the kernels address x^T columns with shifts
-    while (vecs * k.lanes < mt) vecs *= 2;
-    tiles.push_back({t0, mt, vecs, total});
-    total += padded_cols * vecs * k.lanes;
-  }
-  float* xt = scratch_floats<kDriverScratch>(total);
-  const int pack_tasks = static_cast<int>(
-      std::min<int64_t>(num_threads, std::max<int64_t>(1, m * w.cols / kMinWorkPerThread)));
-  cpu::parallel_for_tasks(pack_tasks, [&](int t, int n) {
-    int64_t c0 = padded_cols * t / n, c1 = padded_cols * (t + 1) / n;
-    for (const Tile& tile : tiles)
-      pack_tokens(w.dtype, call.x, w.cols, tile.t0, tile.mt, int64_t(tile.vecs) * k.lanes, c0, c1,
-                  xt + tile.offset);
-  });
+  // Token path: vecs a power of 2, as the kernels address x^T columns with shifts.
+  const TokenTiles tiles = pack_token_tiles(w.dtype, call.x, m, w.cols, padded_cols, k.lanes,
+                                            k.max_vecs, true, num_threads, kMinWorkPerThread);
   run_rows(w, tasks, [&](int64_t r0, int64_t r1) {
-    for (const Tile& tile : tiles)
-      k.tokens(w, xt + tile.offset, tile.vecs, tile.t0, tile.mt, r0, r1, call.out);
+    for (const TokenTile& tile : tiles.tiles)
+      k.tokens(w, tiles.xt + tile.offset, tile.vecs, tile.t0, tile.mt, r0, r1, call.out);
   });
 }
 

@@ -92,14 +92,15 @@ void tokens_tile(const PackedSparse24& w, const float* xt, int64_t t0, int64_t m
   constexpr int64_t kPanel = panel_chunks<VEC>();
   constexpr int64_t kSlab = slab_chunks<VEC>();
   const int64_t rows_padded = (r1 - r0 + kS24RowQuad - 1) / kS24RowQuad * kS24RowQuad;
-  float* partial = scratch_floats<kKernelScratch>(rows_padded * T);  // [rows_padded][T]
+  float* partial = scratch_floats(kKernelScratch, rows_padded * T);  // [rows_padded][T]
   for (int64_t k0 = 0; k0 < w.chunks; k0 += kSlab) {
     const int64_t k1 = std::min<int64_t>(w.chunks, k0 + kSlab);
     for (int64_t rb = r0; rb < r1; rb += kS24RowBlock) {
       const int64_t nr = std::min<int64_t>(kS24RowBlock, r1 - rb);
       const int64_t nr_padded = (nr + kS24RowQuad - 1) / kS24RowQuad * kS24RowQuad;
       float* acc = partial + (rb - r0) * T;
-      if (k0 == 0) std::fill(acc, acc + nr_padded * T, 0.f);
+      if (k0 == 0)
+        for (int64_t i = 0; i < nr_padded * T; ++i) acc[i] = 0.f;
       for (int64_t c0 = k0; c0 < k1; c0 += kPanel) {
         const int64_t c1 = std::min<int64_t>(k1, c0 + kPanel);
         for (int64_t r = 0; r < nr_padded; ++r) {

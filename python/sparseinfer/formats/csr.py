@@ -13,13 +13,13 @@ arrays are rebuilt from this on demand, so the values are held once.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 
 from .._native import FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
+from .base import PackedWeight
 from .errors import FormatError
 
 # At or above this density the m=1 path expands a bitmask (cost per column); below it, it
@@ -42,32 +42,19 @@ class _Packed:
     bitmask: Optional[torch.Tensor]  # uint8 [panels, rows, 16] or None
 
 
-class CSR:
+class CSR(PackedWeight):
     """A sparse [rows, cols] weight matrix (rows = out_features, cols = in_features).
 
     Build with :meth:`from_dense` or :meth:`from_csr` (which validates untrusted arrays).
     """
 
-    __slots__ = ("shape", "nnz", "_p")
-
-    def __init__(self, shape: tuple[int, int], nnz: int, packed: _Packed):
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.nnz = int(nnz)
-        self._p = packed
+    __slots__ = ()
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bitmask: Union[bool, str] = "auto") -> "CSR":
         """Pack a dense 2-D weight; exact zeros are dropped."""
-        if not isinstance(weight, torch.Tensor):
-            raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-        if weight.dim() != 2:
-            raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
-        if weight.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"weight dtype must be one of {FLOAT_DTYPES}, got {weight.dtype}")
-        if weight.device.type != "cpu":
-            raise ValueError(f"weight must be on the CPU, got {weight.device}")
-        weight = weight.detach()
+        weight = cls._checked_dense(weight)
         rows_idx, cols_idx = (weight != 0).nonzero(as_tuple=True)
         return cls._pack(weight.shape, rows_idx, cols_idx, weight[rows_idx, cols_idx], bitmask)
 
@@ -175,37 +162,8 @@ class CSR:
 
     # ------------------------------------------------------------------ views
     @property
-    def rows(self) -> int:
-        return self.shape[0]
-
-    @property
-    def cols(self) -> int:
-        return self.shape[1]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._p.values.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._p.values.device
-
-    @property
-    def density(self) -> float:
-        return self.nnz / max(1, self.rows * self.cols)
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.density
-
-    @property
     def has_bitmask(self) -> bool:
         return self._p.bitmask is not None
-
-    @property
-    def packed(self) -> _Packed:
-        """The kernel tensors (read-only by contract)."""
-        return self._p
 
     def index_dtype(self) -> torch.dtype:
         """Smallest safe canonical index width for this matrix."""
@@ -227,9 +185,6 @@ class CSR:
         if ops.csr_linear_path(self, m) == "rows_expand":
             return read + p.bitmask.numel()
         return read + self.nnz
-
-    def dense_nbytes(self) -> int:
-        return self.rows * self.cols * self._p.values.element_size()
 
     # ------------------------------------------------------------------ unpacking
     def _cells(self) -> tuple[torch.Tensor, torch.Tensor]:

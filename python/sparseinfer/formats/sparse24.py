@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from .._native import FLOAT_DTYPES, SPARSE24_CHUNK_COLS
+from .base import PackedWeight
 from .errors import FormatError
 
 _GROUP = 4
@@ -81,7 +82,7 @@ class _Packed:
     meta: torch.Tensor    # int32 [rows/4, chunks, 4, 1] (uint32 bit patterns)
 
 
-class Sparse24:
+class Sparse24(PackedWeight):
     """A 2:4 sparse [rows, cols] weight (rows = out_features, cols = in_features).
 
     Build with :meth:`from_dense` (the weight must already be 2:4: see
@@ -89,12 +90,7 @@ class Sparse24:
     compressed-tensors data).
     """
 
-    __slots__ = ("shape", "nnz", "_p")
-
-    def __init__(self, shape: tuple[int, int], nnz: int, packed: _Packed):
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.nnz = int(nnz)
-        self._p = packed
+    __slots__ = ()
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -116,15 +112,7 @@ class Sparse24:
     def from_dense(cls, weight: torch.Tensor) -> "Sparse24":
         """Pack a dense 2-D weight that is already 2:4; raises ValueError naming the first group
         with more than 2 non-zeros otherwise (prune first with sparseinfer.compress.prune_2_4)."""
-        if not isinstance(weight, torch.Tensor):
-            raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-        if weight.dim() != 2:
-            raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
-        if weight.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"weight dtype must be one of {FLOAT_DTYPES}, got {weight.dtype}")
-        if weight.device.type != "cpu":
-            raise ValueError(f"weight must be on the CPU, got {weight.device}")
-        weight = weight.detach()
+        weight = cls._checked_dense(weight)
         problem = cls.first_violation(weight)
         if problem is not None:
             raise ValueError(f"weight is not 2:4 sparse: {problem}. Prune it first with "
@@ -218,36 +206,6 @@ class Sparse24:
         return cls((rows, cols), nnz, _Packed(_interleave(values, chunks, _CHUNK_SLOTS), _interleave(meta, chunks, 1)))
 
     # ------------------------------------------------------------------ views
-    @property
-    def rows(self) -> int:
-        return self.shape[0]
-
-    @property
-    def cols(self) -> int:
-        return self.shape[1]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._p.values.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._p.values.device
-
-    @property
-    def density(self) -> float:
-        return self.nnz / max(1, self.rows * self.cols)
-
-    @property
-    def sparsity(self) -> float:
-        """Fraction of exact zeros in the dense weight (>= 0.5 when cols % 4 == 0)."""
-        return 1.0 - self.density
-
-    @property
-    def packed(self) -> _Packed:
-        """The kernel tensors (read-only by contract)."""
-        return self._p
-
     def nbytes(self) -> int:
         """Bytes held by the packed form."""
         return sum(t.numel() * t.element_size() for t in (self._p.values, self._p.meta))
@@ -255,9 +213,6 @@ class Sparse24:
     def bytes_read(self, m: int) -> int:
         """Weight bytes a sparse24_linear call streams (the memory-bound cost at m=1)."""
         return self.nbytes()
-
-    def dense_nbytes(self) -> int:
-        return self.rows * self.cols * self._p.values.element_size()
 
     # ------------------------------------------------------------------ unpacking
     @property

@@ -8,14 +8,20 @@ from torch import nn
 
 from .. import ops
 from ..formats.csr import CSR, _Packed
+from .canonical_state import CanonicalWeightModule
 
 _PACKED_FIELDS = ("values", "local_idx", "counts", "block_offsets", "block_nnz_prefix", "bitmask")
-# state_dict keys (canonical CSR, portable; the packed form is rebuilt and validated on load)
-_STATE_KEYS = ("weight_shape", "weight_indptr", "weight_indices", "weight_values")
 
 
-class CSRLinear(nn.Module):
+class CSRLinear(CanonicalWeightModule):
     """y = x @ W.T + b with W sparse (CSR). Inference only: no gradient flows to W."""
+
+    # state_dict keys: canonical CSR, portable; the packed form is rebuilt and validated on load.
+    STATE_KEYS = ("weight_shape", "weight_indptr", "weight_indices", "weight_values")
+
+    @staticmethod
+    def _weight_from_state(shape, indptr, indices, values) -> CSR:
+        return CSR.from_csr(indptr, indices, values, shape)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  dtype: torch.dtype = torch.float32):
@@ -68,26 +74,3 @@ class CSRLinear(nn.Module):
         destination[prefix + "weight_indptr"] = indptr
         destination[prefix + "weight_indices"] = indices.to(torch.int32)
         destination[prefix + "weight_values"] = values
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        present = [prefix + k in state_dict for k in _STATE_KEYS]
-        if all(present):
-            shape, indptr, indices, values = (state_dict[prefix + k] for k in _STATE_KEYS)
-            try:
-                csr = CSR.from_csr(indptr, indices, values, shape)
-            except ValueError as exc:
-                error_msgs.append(f"{prefix}weight: {exc}")
-            else:
-                if csr.shape != (self.out_features, self.in_features):
-                    error_msgs.append(f"{prefix}weight: shape {csr.shape} does not match "
-                                      f"({self.out_features}, {self.in_features})")
-                else:
-                    self._set_weight(csr)
-        else:
-            missing_keys.extend(prefix + k for k, ok in zip(_STATE_KEYS, present) if not ok)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        # The parent marks our canonical keys as unexpected: they are ours.
-        ours = {prefix + k for k in _STATE_KEYS}
-        unexpected_keys[:] = [k for k in unexpected_keys if k not in ours]

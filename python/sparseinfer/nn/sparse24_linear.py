@@ -9,14 +9,20 @@ from torch import nn
 from .. import ops
 from ..compress import prune_2_4
 from ..formats.sparse24 import Sparse24, _Packed
-
-# state_dict keys: the compressed-tensors sparse-24-bitmask layout of this layer's weight
-# (the packed kernel form is rebuilt and validated on load).
-_STATE_KEYS = ("shape", "compressed", "bitmask")
+from .canonical_state import CanonicalWeightModule
 
 
-class Sparse24Linear(nn.Module):
+
+class Sparse24Linear(CanonicalWeightModule):
     """y = x @ W.T + b with W 2:4 sparse. Inference only: no gradient flows to W."""
+
+    # state_dict keys: the compressed-tensors sparse-24-bitmask layout of this layer's weight
+    # (the packed kernel form is rebuilt and validated on load).
+    STATE_KEYS = ("shape", "compressed", "bitmask")
+
+    @staticmethod
+    def _weight_from_state(shape, compressed, bitmask) -> Sparse24:
+        return Sparse24.from_bitmask(compressed, bitmask, shape)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  dtype: torch.dtype = torch.float32):
@@ -84,25 +90,3 @@ class Sparse24Linear(nn.Module):
         destination[prefix + "shape"] = shape
         destination[prefix + "compressed"] = compressed
         destination[prefix + "bitmask"] = bitmask
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        present = [prefix + k in state_dict for k in _STATE_KEYS]
-        if all(present):
-            shape, compressed, bitmask = (state_dict[prefix + k] for k in _STATE_KEYS)
-            try:
-                weight = Sparse24.from_bitmask(compressed, bitmask, shape)
-            except ValueError as exc:
-                error_msgs.append(f"{prefix}weight: {exc}")
-            else:
-                if weight.shape != (self.out_features, self.in_features):
-                    error_msgs.append(f"{prefix}weight: shape {weight.shape} does not match "
-                                      f"({self.out_features}, {self.in_features})")
-                else:
-                    self._set_weight(weight)
-        else:
-            missing_keys.extend(prefix + k for k, ok in zip(_STATE_KEYS, present) if not ok)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        ours = {prefix + k for k in _STATE_KEYS}
-        unexpected_keys[:] = [k for k in unexpected_keys if k not in ours]

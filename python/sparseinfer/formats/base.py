@@ -1,0 +1,66 @@
+"""What every packed weight format shares: shape, non-zero count and the kernel tensors."""
+from __future__ import annotations
+
+import torch
+
+from .._native import FLOAT_DTYPES
+
+
+class PackedWeight:
+    """A [rows, cols] weight (rows = out_features) packed once for the kernels. Subclasses hold
+    ``shape``, ``nnz`` and ``_p`` (a dataclass of kernel tensors with a ``values`` field)."""
+
+    __slots__ = ("shape", "nnz", "_p")
+
+    def __init__(self, shape: tuple[int, int], nnz: int, packed):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.nnz = int(nnz)
+        self._p = packed
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._p.values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._p.values.device
+
+    @property
+    def density(self) -> float:
+        """Fraction of non-zeros in the dense weight."""
+        return self.nnz / max(1, self.rows * self.cols)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of exact zeros in the dense weight."""
+        return 1.0 - self.density
+
+    @property
+    def packed(self):
+        """The kernel tensors (read-only by contract)."""
+        return self._p
+
+    def dense_nbytes(self) -> int:
+        """Bytes of the same weight stored dense in the same dtype."""
+        return self.rows * self.cols * self._p.values.element_size()
+
+    @staticmethod
+    def _checked_dense(weight) -> torch.Tensor:
+        """A dense weight fit to pack: a 2-D float CPU tensor (detached), else TypeError/ValueError."""
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+        if weight.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"weight dtype must be one of {FLOAT_DTYPES}, got {weight.dtype}")
+        if weight.device.type != "cpu":
+            raise ValueError(f"weight must be on the CPU, got {weight.device}")
+        return weight.detach()
