@@ -12,7 +12,7 @@ namespace {
 
 // m below this takes the row kernel (x chunks in registers, permute-picked); the rest vectorise
 // along tokens. Chosen from bench/ measurements on AVX-512.
-constexpr int64_t kTokensMinM = 9;
+constexpr int64_t kTokensMinM = 16;
 // Kept-value x token FMAs below which a call stays on one thread.
 constexpr int64_t kMinWorkPerThread = 1 << 16;
 // Rows per unit of work handed to a thread.

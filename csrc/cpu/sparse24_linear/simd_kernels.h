@@ -47,16 +47,20 @@ void rows_group(const PackedSparse24& w, const float* x, int64_t xs, int64_t r0,
   }
 }
 
+// Token groups run inside each row quad, so a quad's weights come from memory once per call.
 template <DType DT>
 void rows_dt(const PackedSparse24& w, const float* x, int64_t xs, int64_t m, int64_t r0,
              int64_t r1, const LinearOutput& out) {
-  for (int64_t t0 = 0; t0 < m; t0 += kMaxTokenGroup) {
-    const float* xg = x + t0 * xs;
-    switch (m - t0 < kMaxTokenGroup ? m - t0 : kMaxTokenGroup) {
-      case 1: rows_group<DT, 1>(w, xg, xs, r0, r1, t0, out); break;
-      case 2: rows_group<DT, 2>(w, xg, xs, r0, r1, t0, out); break;
-      case 3: rows_group<DT, 3>(w, xg, xs, r0, r1, t0, out); break;
-      default: rows_group<DT, 4>(w, xg, xs, r0, r1, t0, out); break;
+  for (int64_t rq = r0; rq < r1; rq += kS24RowQuad) {
+    const int64_t rq1 = std::min<int64_t>(r1, rq + kS24RowQuad);
+    for (int64_t t0 = 0; t0 < m; t0 += kMaxTokenGroup) {
+      const float* xg = x + t0 * xs;
+      switch (m - t0 < kMaxTokenGroup ? m - t0 : kMaxTokenGroup) {
+        case 1: rows_group<DT, 1>(w, xg, xs, rq, rq1, t0, out); break;
+        case 2: rows_group<DT, 2>(w, xg, xs, rq, rq1, t0, out); break;
+        case 3: rows_group<DT, 3>(w, xg, xs, rq, rq1, t0, out); break;
+        default: rows_group<DT, 4>(w, xg, xs, rq, rq1, t0, out); break;
+      }
     }
   }
 }
