@@ -159,6 +159,6 @@ def format_table(results: list[LinearResult]) -> str:
     return "\n".join(lines)
 
 
-def results_json(results: list[CsrResult]) -> dict:
+def results_json(results: list[LinearResult]) -> dict:
     return {"machine": machine_info(), "baseline": "torch.nn.functional.linear (dense, same dtype)",
             "results": [asdict(r) for r in results]}

@@ -1,7 +1,5 @@
 // Threaded driver for sparse24_linear: chooses the ISA tier and the path, converts/lays out x
 // once per call, and splits rows evenly across threads (every row costs the same).
-#include <vector>
-
 #include "../driver_common.h"
 #include "common.h"
 #include "sparseinfer/cpu_features.h"

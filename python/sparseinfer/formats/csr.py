@@ -20,12 +20,12 @@ import torch
 
 from .._native import FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
 from .base import PackedWeight
+from .bits import pack_bits
 from .errors import FormatError
 
 # At or above this density the m=1 path expands a bitmask (cost per column); below it, it
 # gathers by index (cost per non-zero). Measured crossover on AVX-512, see bench/results.
 BITMASK_MIN_DENSITY = 0.35
-_MASK_BYTES = PANEL_COLS // 8
 
 
 def _fail(name: str, message: str) -> None:
@@ -153,9 +153,7 @@ class CSR(PackedWeight):
         if bitmask:
             bits = torch.zeros(panels * rows * PANEL_COLS, dtype=torch.bool)
             bits[key * PANEL_COLS + local] = True
-            weights = (1 << torch.arange(8, dtype=torch.int32))
-            mask_bytes = (bits.view(panels, rows, _MASK_BYTES, 8).to(torch.int32) * weights).sum(-1)
-            mask_bytes = mask_bytes.to(torch.uint8).contiguous()
+            mask_bytes = pack_bits(bits.view(panels, rows, PANEL_COLS))
         packed = _Packed(packed_values, packed_idx, counts.to(torch.uint8).contiguous(),
                          block_offsets, block_nnz_prefix, mask_bytes)
         return cls((rows, cols), nnz, packed)

@@ -27,6 +27,7 @@ import torch
 
 from .._native import FLOAT_DTYPES, SPARSE24_CHUNK_COLS
 from .base import PackedWeight
+from .bits import pack_bits, unpack_bits
 from .errors import FormatError
 
 _GROUP = 4
@@ -34,7 +35,6 @@ _KEPT = 2
 _CHUNK_SLOTS = SPARSE24_CHUNK_COLS // 2
 _QUAD = 4
 _SHIFTS = 2 * torch.arange(_CHUNK_SLOTS, dtype=torch.int64)
-_BIT_WEIGHTS = 1 << torch.arange(8, dtype=torch.int32)
 
 
 def _fail(name: str, message: str) -> None:
@@ -56,6 +56,26 @@ def _padded(t: torch.Tensor, width: int, fill=0) -> torch.Tensor:
     out = torch.full((t.shape[0], width), fill, dtype=t.dtype)
     out[:, : t.shape[1]] = t
     return out
+
+
+def _group_counts(mask: torch.Tensor) -> torch.Tensor:
+    """bool [rows, cols] -> int [rows, ceil(cols / 4)]: True entries per group of 4 columns."""
+    rows, cols = mask.shape
+    groups = -(-cols // _GROUP)
+    return _padded(mask, groups * _GROUP, False).view(rows, groups, _GROUP).sum(-1)
+
+
+def _group_name(r: int, g: int, cols: int) -> str:
+    return f"row {r}, columns {_GROUP * g}..{min(cols, _GROUP * g + _GROUP) - 1}"
+
+
+class Not24Error(ValueError):
+    """A dense weight is not 2:4 sparse; `problem` names the first offending group."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"weight is not 2:4 sparse: {problem}. Prune it first with "
+                         "sparseinfer.compress.prune_2_4(weight).")
+        self.problem = problem
 
 
 def _quads(rows: int) -> int:
@@ -96,27 +116,23 @@ class Sparse24(PackedWeight):
     @staticmethod
     def first_violation(weight: torch.Tensor) -> Optional[str]:
         """None if `weight` [rows, cols] is 2:4, else where it first is not (row-major order)."""
-        rows, cols = weight.shape
-        groups = -(-cols // _GROUP)
-        nz = _padded(weight != 0, groups * _GROUP, False).view(rows, groups, _GROUP)
-        count = nz.sum(-1)
+        count = _group_counts(weight != 0)
         bad = (count > _KEPT).nonzero()
         if not bad.numel():
             return None
         r, g = (int(v) for v in bad[0])
-        return (f"row {r}, columns {_GROUP * g}..{min(cols, _GROUP * g + _GROUP) - 1} hold "
-                f"{int(count[r, g])} non-zeros (2:4 allows at most 2 in every group of 4 "
-                f"consecutive input columns)")
+        return (f"{_group_name(r, g, weight.shape[1])} hold {int(count[r, g])} non-zeros (2:4 "
+                f"allows at most 2 in every group of 4 consecutive input columns)")
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor) -> "Sparse24":
-        """Pack a dense 2-D weight that is already 2:4; raises ValueError naming the first group
-        with more than 2 non-zeros otherwise (prune first with sparseinfer.compress.prune_2_4)."""
+        """Pack a dense 2-D weight that is already 2:4; raises Not24Error (a ValueError) naming
+        the first group with more than 2 non-zeros otherwise (prune first with
+        sparseinfer.compress.prune_2_4)."""
         weight = cls._checked_dense(weight)
         problem = cls.first_violation(weight)
         if problem is not None:
-            raise ValueError(f"weight is not 2:4 sparse: {problem}. Prune it first with "
-                             "sparseinfer.compress.prune_2_4(weight).")
+            raise Not24Error(problem)
         rows, cols = weight.shape
         width = _chunks(cols) * SPARSE24_CHUNK_COLS
         # Slots: non-zeros first, then real (not padding) columns, then the lowest column.
@@ -134,7 +150,7 @@ class Sparse24(PackedWeight):
         safe on untrusted data. `shape` is (rows, cols) as a sequence or tensor ([2] or [2, 1])."""
         rows, cols = cls.validate_bitmask(compressed, bitmask, shape)
         width = _chunks(cols) * SPARSE24_CHUNK_COLS
-        bits = cls._unpack_bits(bitmask, cols)
+        bits = unpack_bits(bitmask, cols)
         dense = torch.zeros(rows, width, dtype=compressed.dtype)
         dense[:, :cols][bits] = compressed.reshape(-1)
         kept = _padded(bits, width, False)
@@ -142,11 +158,6 @@ class Sparse24(PackedWeight):
         if cols % _GROUP == 1:  # a 1-column tail group: its second slot is a padding column
             kept[:, cols] = True
         return cls._pack(dense, kept, cols)
-
-    @staticmethod
-    def _unpack_bits(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
-        bits = (bitmask.to(torch.int32).unsqueeze(-1) & _BIT_WEIGHTS) != 0
-        return bits.view(bitmask.shape[0], bitmask.shape[1] * 8)[:, :cols]
 
     @classmethod
     def validate_bitmask(cls, compressed, bitmask, shape) -> tuple[int, int]:
@@ -178,17 +189,16 @@ class Sparse24(PackedWeight):
             if bool((beyond != 0).any()):
                 r = int((beyond != 0).nonzero()[0, 0])
                 _fail("bitmask", f"row {r} has bits set beyond column {cols - 1}")
-        bits = cls._unpack_bits(bitmask, cols)
-        groups = -(-cols // _GROUP)
-        count = _padded(bits, groups * _GROUP, False).view(rows, groups, _GROUP).sum(-1)
+        count = _group_counts(unpack_bits(bitmask, cols))
+        groups = count.shape[1]
         want = torch.full((groups,), _KEPT, dtype=count.dtype)
         if cols % _GROUP:
             want[-1] = min(_KEPT, cols % _GROUP)
         bad = (count != want).nonzero()
         if bad.numel():
             r, g = (int(v) for v in bad[0])
-            _fail("bitmask", f"row {r}, columns {_GROUP * g}..{min(cols, _GROUP * g + _GROUP) - 1} "
-                  f"have {int(count[r, g])} bits set; 2:4 needs exactly {int(want[g])}")
+            _fail("bitmask", f"{_group_name(r, g, cols)} have {int(count[r, g])} bits set; "
+                  f"2:4 needs exactly {int(want[g])}")
         return rows, cols
 
     @classmethod
@@ -245,10 +255,9 @@ class Sparse24(PackedWeight):
         compressed = self._values()[real].view(rows, kept_per_row(cols)).clone()
         bits = torch.zeros(rows, self.chunks * SPARSE24_CHUNK_COLS, dtype=torch.bool)
         bits.scatter_(1, cols_of, True)
-        bits = _padded(bits[:, :cols], -(-cols // 8) * 8, False)
-        bitmask = (bits.view(rows, -(-cols // 8), 8).to(torch.int32) * _BIT_WEIGHTS).sum(-1)
+        bitmask = pack_bits(_padded(bits[:, :cols], -(-cols // 8) * 8, False))
         shape = torch.tensor([[rows], [cols]], dtype=torch.int64)
-        return compressed, bitmask.to(torch.uint8), shape
+        return compressed, bitmask, shape
 
     def to(self, dtype: torch.dtype) -> "Sparse24":
         """Same pattern with values cast to another float dtype."""
@@ -271,10 +280,11 @@ class Sparse24(PackedWeight):
             _fail("values", f"dtype must be one of {FLOAT_DTYPES}, got {p.values.dtype}")
         if p.meta.dtype != torch.int32:
             _fail("meta", f"dtype must be int32, got {p.meta.dtype}")
-        cols_of = self._slot_columns().view(self.rows, chunks * _CHUNK_SLOTS // _KEPT, _KEPT)
-        if bool((cols_of[..., 1] <= cols_of[..., 0]).any()):
+        cols_of = self._slot_columns()
+        pairs = cols_of.view(self.rows, chunks * _CHUNK_SLOTS // _KEPT, _KEPT)
+        if bool((pairs[..., 1] <= pairs[..., 0]).any()):
             _fail("meta", "the two slots of a group must name distinct columns in increasing order")
-        if bool((self._values()[self._slot_columns() >= self.cols] != 0).any()):
+        if bool((self._values()[cols_of >= self.cols] != 0).any()):
             _fail("values", "slots beyond the last column must hold zero")
         if bool((_row_major(p.values, quads * _QUAD)[self.rows:] != 0).any()):
             _fail("values", "the rows padding the last quad must hold zero")

@@ -39,6 +39,11 @@ class CSRLinear(CanonicalWeightModule):
             layer.bias.data = bias.detach().to(weight.dtype).clone()
         return layer
 
+    @staticmethod
+    def conversion_blocker(weight: torch.Tensor, sparsity: float, min_sparsity: float) -> Optional[str]:
+        """Why sparsify() leaves this dense weight alone, or None to convert it."""
+        return f"sparsity below {min_sparsity}" if sparsity < min_sparsity else None
+
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "CSRLinear":
         return cls.from_dense(linear.weight.detach(), linear.bias)

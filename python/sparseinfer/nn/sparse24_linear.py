@@ -8,9 +8,8 @@ from torch import nn
 
 from .. import ops
 from ..compress import prune_2_4
-from ..formats.sparse24 import Sparse24, _Packed
+from ..formats.sparse24 import Not24Error, Sparse24, _Packed
 from .canonical_state import CanonicalWeightModule
-
 
 
 class Sparse24Linear(CanonicalWeightModule):
@@ -40,15 +39,23 @@ class Sparse24Linear(CanonicalWeightModule):
         weight = weight.detach()
         if prune:
             weight = prune_2_4(weight)
-        problem = Sparse24.first_violation(weight) if weight.dim() == 2 else None
-        if problem is not None:
-            raise ValueError(f"weight is not 2:4 sparse: {problem}. Pass prune=True to apply 2:4 "
-                             "magnitude pruning, or prune it yourself with sparseinfer.compress.prune_2_4.")
+        try:
+            packed = Sparse24.from_dense(weight)
+        except Not24Error as exc:
+            raise ValueError(f"weight is not 2:4 sparse: {exc.problem}. Pass prune=True to apply "
+                             "2:4 magnitude pruning, or prune it yourself with "
+                             "sparseinfer.compress.prune_2_4.") from None
         layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
-        layer._set_weight(Sparse24.from_dense(weight))
+        layer._set_weight(packed)
         if bias is not None:
             layer.bias.data = bias.detach().to(weight.dtype).clone()
         return layer
+
+    @staticmethod
+    def conversion_blocker(weight: torch.Tensor, sparsity: float, min_sparsity: float) -> Optional[str]:
+        """Why sparsify() leaves this dense weight alone (not 2:4; min_sparsity does not apply)."""
+        problem = Sparse24.first_violation(weight)
+        return None if problem is None else f"not 2:4: {problem}"
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, prune: bool = False) -> "Sparse24Linear":

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from .._native import FLOAT_DTYPES
-from ..formats.sparse24 import Sparse24
 from .csr_linear import CSRLinear
 from .sparse24_linear import Sparse24Linear
 
@@ -85,10 +84,8 @@ def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
             entry.reason = f"on {weight.device} (CPU only for now)"
         elif weight.dtype not in FLOAT_DTYPES:
             entry.reason = f"dtype {weight.dtype} not supported"
-        elif format == "2:4" and (problem := Sparse24.first_violation(weight)) is not None:
-            entry.reason = f"not 2:4: {problem}"
-        elif format != "2:4" and sparsity < min_sparsity:
-            entry.reason = f"sparsity below {min_sparsity}"
+        elif (blocker := layer_cls.conversion_blocker(weight, sparsity, min_sparsity)) is not None:
+            entry.reason = blocker
         elif filter is not None and not filter(name, module):
             entry.reason = "excluded by filter"
         else:

@@ -1,0 +1,19 @@
+"""Little-endian bit packing shared by the formats: bit c % 8 of byte c // 8 holds column c
+(numpy's packbits(bitorder="little"), the compressed-tensors bitmask layout)."""
+from __future__ import annotations
+
+import torch
+
+_BIT_WEIGHTS = 1 << torch.arange(8, dtype=torch.int32)
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """bool [..., 8 * n] -> uint8 [..., n]."""
+    grouped = bits.view(*bits.shape[:-1], bits.shape[-1] // 8, 8).to(torch.int32)
+    return (grouped * _BIT_WEIGHTS).sum(-1).to(torch.uint8).contiguous()
+
+
+def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """uint8 [..., n] -> bool [..., count] (count <= 8 * n)."""
+    bits = (packed.to(torch.int32).unsqueeze(-1) & _BIT_WEIGHTS) != 0
+    return bits.view(*packed.shape[:-1], packed.shape[-1] * 8)[..., :count]
