@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from ._native import _C
+from ._native import _C, _cuda, cuda_built
 from . import ops, reference, formats, nn, compress
 from .formats import CSR, Sparse24
 from .nn import CSRLinear, Sparse24Linear, sparsify, SparsifyReport
@@ -14,8 +14,13 @@ __version__ = _C.build_info()["version"]
 __all__ = [
     "CSR", "CSRLinear", "Sparse24", "Sparse24Linear", "sparsify", "SparsifyReport", "ops",
     "reference", "formats", "nn", "compress",
-    "cpu_features", "build_info", "set_cpu_isa", "cpu_isa",
+    "cpu_features", "build_info", "set_cpu_isa", "cpu_isa", "cuda_built", "cuda_build_info",
 ]
+
+
+def cuda_build_info() -> dict | None:
+    """The CUDA module's build (SM targets, nvcc, layout constants), or None if not built."""
+    return None if _cuda is None else dict(_cuda.build_info())
 
 
 def cpu_features() -> dict:

@@ -19,3 +19,23 @@ PANEL_COLS = _C.build_info()["panel_cols"]
 ROW_BLOCK = _C.build_info()["row_block"]
 VALUES_PAD = _C.build_info()["values_pad"]
 SPARSE24_CHUNK_COLS = _C.build_info()["sparse24_chunk_cols"]
+
+# The CUDA module is optional: built only where CMake found nvcc (see CMakeLists.txt).
+try:
+    from . import _cuda  # noqa: F401
+except ImportError:  # pragma: no cover - depends on the build machine
+    _cuda = None
+
+
+def cuda_built() -> bool:
+    """True when this install carries the CUDA kernels (sparseinfer._cuda)."""
+    return _cuda is not None
+
+
+def require_cuda(what: str) -> None:
+    """Raise a clear error when CUDA work is asked of an install or machine that cannot do it."""
+    if _cuda is None:
+        raise RuntimeError(f"{what}: this sparseinfer build has no CUDA module (no nvcc was found "
+                           "at build time; reinstall with nvcc on PATH or -DSPARSEINFER_CUDA=ON)")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"{what}: torch sees no CUDA device")

@@ -39,16 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparseinfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="time the sparse kernels against dense F.linear (same run)")
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="cpu (default) or cuda: GPU kernels vs cuBLAS and torch's sparse paths; "
+                            "without --shapes/--sparsity/--m/--dtype it runs the GPU grid "
+                            "(4096x4096, 11008x4096, 4096x11008, 8192x8192; csr 0.7/0.9; m 1..2048; fp16)")
     bench.add_argument("--format", choices=FORMATS, nargs="+", default=list(FORMATS),
                        help="weight formats to time (csr: unstructured; 2:4: semi-structured)")
-    bench.add_argument("--shapes", type=_shape, nargs="+",
-                       default=list(DEFAULT_SHAPES), help="OUTxIN weight shapes")
-    bench.add_argument("--sparsity", type=_sparsity, nargs="+", default=list(DEFAULT_SPARSITIES),
-                       help="csr sparsities (2:4 is 50%% by construction)")
-    bench.add_argument("--m", type=_positive, nargs="+", default=list(DEFAULT_MS),
-                       help="tokens per call (batch x sequence)")
-    bench.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
-                       help="weight/activation dtype; dense runs in the same dtype")
+    bench.add_argument("--shapes", type=_shape, nargs="+", default=None,
+                       help=f"OUTxIN weight shapes (CPU default {' '.join(f'{o}x{i}' for o, i in DEFAULT_SHAPES)})")
+    bench.add_argument("--sparsity", type=_sparsity, nargs="+", default=None,
+                       help=f"csr sparsities (CPU default {DEFAULT_SPARSITIES}; 2:4 is 50%% by construction)")
+    bench.add_argument("--m", type=_positive, nargs="+", default=None,
+                       help=f"tokens per call, batch x sequence (CPU default {DEFAULT_MS})")
+    bench.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                       help="weight/activation dtype (CPU default fp32, CUDA fp16); dense runs in the same dtype")
     bench.add_argument("--threads", type=_positive, default=None,
                        help="torch.set_num_threads (default: torch's current setting)")
     bench.add_argument("--isa", default=None, help="force a CPU ISA tier (reference/avx2/avx512)")
@@ -62,7 +66,14 @@ def _bench(args) -> int:
     from tqdm import tqdm
 
     import sparseinfer
-    from .benchmarking import format_table, grid_size, results_json, run_grid
+    if args.device == "cuda":
+        return _bench_cuda(args)
+    from .benchmarking import (DEFAULT_MS, DEFAULT_SHAPES, DEFAULT_SPARSITIES, format_table,
+                               grid_size, results_json, run_grid)
+    args.shapes = args.shapes or list(DEFAULT_SHAPES)
+    args.sparsity = args.sparsity or list(DEFAULT_SPARSITIES)
+    args.m = args.m or list(DEFAULT_MS)
+    args.dtype = args.dtype or "fp32"
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,10 +96,38 @@ def _bench(args) -> int:
     return 0
 
 
+def _bench_cuda(args) -> int:
+    from tqdm import tqdm
+
+    import sparseinfer
+    from . import benchmarking_cuda as bc
+    from ._native import require_cuda
+    require_cuda("sparseinfer bench --device cuda")
+    shapes = args.shapes or list(bc.DEFAULT_SHAPES)
+    sparsities = args.sparsity or list(bc.DEFAULT_SPARSITIES)
+    ms = args.m or list(bc.DEFAULT_MS)
+    dtype = DTYPES[args.dtype or "fp16"]
+    print(f"sparseinfer {sparseinfer.__version__}: {' and '.join(args.format)} vs cuBLAS F.linear "
+          f"and torch sparse, {dtype}, {torch.cuda.get_device_name()}", flush=True)
+    with tqdm(total=bc.grid_size(args.format, shapes, sparsities, ms), unit="case", file=sys.stderr) as bar:
+        results = bc.run_grid(args.format, shapes, sparsities, ms, dtype, progress=lambda r: bar.update(1))
+    print(bc.format_table(results))
+    print("speedup = cuBLAS ms / ms in this run (GPU time, L2 flushed before every call); bytes "
+          "ratio = dense weight bytes / bytes our kernel reads")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(bc.results_json(results), f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _info() -> int:
     import sparseinfer
     print(json.dumps({"build": sparseinfer.build_info(), "cpu_features": sparseinfer.cpu_features(),
-                      "torch_threads": torch.get_num_threads()}, indent=2))
+                      "torch_threads": torch.get_num_threads(),
+                      "cuda_build": sparseinfer.cuda_build_info(),
+                      "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+                     indent=2))
     return 0
 
 

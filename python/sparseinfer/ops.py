@@ -11,19 +11,32 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
-from ._native import _C, DTYPE_CODES, PANEL_COLS, ROW_BLOCK, SPARSE24_CHUNK_COLS, VALUES_PAD
+from ._native import _C, DTYPE_CODES, PANEL_COLS, ROW_BLOCK, SPARSE24_CHUNK_COLS, VALUES_PAD, _cuda
+from .formats import csr_cuda, sparse24_cuda
 from .formats.csr import CSR
+from .formats.csr_cuda import CsrCudaPacked
 from .formats.sparse24 import Sparse24
+from .formats.sparse24_cuda import Sparse24CudaPacked
+
+# CUDA path choice (measured on H100, bench/results/cuda_*.json): the CSR row kernel up to this
+# many tokens, else expand to dense on the device and run cuBLAS; 2:4 runs its own tensor-core
+# kernels at every m for fp16/bf16 (fp32 expands: sparse tensor cores take 16-bit operands).
+CSR_CUDA_MAX_M = 64
 
 __all__ = ["csr_linear", "csr_linear_path", "sparse24_linear", "sparse24_linear_path"]
 
 
-def _check_tensor(name: str, t, dtype: torch.dtype) -> None:
+def _check_tensor(name: str, t, dtype: torch.dtype, device: Optional[torch.device] = None) -> None:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name} must be on the CPU (the CUDA backend is not built yet), got {t.device}")
+    if device is None or device.type == "cpu":
+        if t.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU (where the weight is), got {t.device}; "
+                             "move the weight with .to(device) or the module with .cuda()")
+    elif t.device != device:
+        raise ValueError(f"{name} must be on {device} (where the weight is), got {t.device}")
     if t.dtype != dtype:
         raise ValueError(f"{name} dtype must be {dtype}, got {t.dtype}")
     if not t.is_contiguous():
@@ -31,12 +44,12 @@ def _check_tensor(name: str, t, dtype: torch.dtype) -> None:
 
 
 def _check_activation(x, bias, weight) -> None:
-    """x [..., in] and optional bias [out] against a format object (same dtype as its values)."""
-    _check_tensor("x", x, weight.dtype)
+    """x [..., in] and optional bias [out] against a format object (same dtype and device)."""
+    _check_tensor("x", x, weight.dtype, weight.device)
     if x.dim() < 1 or x.shape[-1] != weight.cols:
         raise ValueError(f"x must have shape [..., {weight.cols}] (in_features), got {tuple(x.shape)}")
     if bias is not None:
-        _check_tensor("bias", bias, weight.dtype)
+        _check_tensor("bias", bias, weight.dtype, weight.device)
         if bias.shape != (weight.rows,):
             raise ValueError(f"bias must have shape ({weight.rows},), got {tuple(bias.shape)}")
 
@@ -112,13 +125,16 @@ def _check_raw_sizes(x, values, local_idx, counts, block_offsets, block_nnz_pref
 def csr_linear(x: torch.Tensor, weight: CSR, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = x @ W.T + bias with W a :class:`~sparseinfer.formats.CSR` of shape [out, in].
 
-    x: [..., in] contiguous CPU tensor in the weight's dtype (fp32, bf16 or fp16); any number
-    of leading dims, including zero tokens. Accumulates in fp32; returns [..., out] in x's dtype.
+    x: [..., in] contiguous tensor on the weight's device (CPU or CUDA), in the weight's dtype
+    (fp32, bf16 or fp16); any number of leading dims, including zero tokens. Accumulates in fp32;
+    returns [..., out] in x's dtype.
     """
     if not isinstance(weight, CSR):
         raise ValueError(f"weight must be a sparseinfer.formats.CSR, got {type(weight).__name__}")
     _check_activation(x, bias, weight)
     p = weight.packed
+    if isinstance(p, CsrCudaPacked):
+        return _csr_linear_cuda(x, weight, bias)
     # Eager calls skip the custom-op dispatcher (~20 us, a tenth of an m=1 call): everything
     # was validated above and at pack time. Under torch.compile the op stays visible.
     op = _csr_linear_op if torch.compiler.is_compiling() else _csr_linear_native
@@ -128,7 +144,10 @@ def csr_linear(x: torch.Tensor, weight: CSR, bias: Optional[torch.Tensor] = None
 
 
 def csr_linear_path(weight: CSR, m: int) -> str:
-    """Which kernel path csr_linear takes for m tokens: rows_expand, rows_gather or tokens."""
+    """Which kernel path csr_linear takes for m tokens. CPU: rows_expand, rows_gather or
+    tokens; CUDA: rows (the CSR kernel) or dense_expand (dense weight built on the device + cuBLAS)."""
+    if weight.is_cuda:
+        return "rows" if m <= CSR_CUDA_MAX_M else "dense_expand"
     return _C.csr_linear_path(int(m), weight.has_bitmask)
 
 
@@ -179,19 +198,163 @@ def _check_sparse24_raw_sizes(x, values, meta, bias, rows, cols) -> None:
 def sparse24_linear(x: torch.Tensor, weight: Sparse24, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = x @ W.T + bias with W a :class:`~sparseinfer.formats.Sparse24` of shape [out, in].
 
-    x: [..., in] contiguous CPU tensor in the weight's dtype (fp32, bf16 or fp16); any number
-    of leading dims, including zero tokens. Accumulates in fp32; returns [..., out] in x's dtype.
+    x: [..., in] contiguous tensor on the weight's device (CPU or CUDA), in the weight's dtype
+    (fp32, bf16 or fp16); any number of leading dims, including zero tokens. Accumulates in fp32;
+    returns [..., out] in x's dtype.
     """
     if not isinstance(weight, Sparse24):
         raise ValueError(f"weight must be a sparseinfer.formats.Sparse24, got {type(weight).__name__}")
     _check_activation(x, bias, weight)
     p = weight.packed
+    if isinstance(p, Sparse24CudaPacked):
+        return _sparse24_linear_cuda(x, weight, bias)
     op = _sparse24_linear_op if torch.compiler.is_compiling() else _sparse24_linear_native
     y = op(x.reshape(math.prod(x.shape[:-1]), weight.cols), p.values, p.meta, bias, weight.rows,
            weight.cols)
     return y.reshape(*x.shape[:-1], weight.rows)
 
 
-def sparse24_linear_path(m: int) -> str:
-    """Which kernel path sparse24_linear takes for m tokens: rows or tokens."""
+def sparse24_linear_path(m: int, weight: Optional[Sparse24] = None) -> str:
+    """Which kernel path sparse24_linear takes for m tokens. CPU: rows or tokens; CUDA (pass the
+    weight): mma_sp_splitk, mma_sp_tiled, or dense_expand for fp32."""
+    if weight is not None and weight.is_cuda:
+        if weight.dtype == torch.float32:
+            return "dense_expand"
+        return "mma_sp_splitk" if m <= _S24_SPLIT_MAX_M else "mma_sp_tiled"
     return _C.sparse24_linear_path(int(m))
+
+
+# ---------------------------------------------------------------------------------- CUDA
+# Same contract as the CPU ops; the kernels take device pointers and torch's current stream
+# (so CUDA graph capture works: no sync, no allocation in native code).
+_S24_SPLIT_MAX_M = _cuda.build_info()["s24_split_max_m"] if _cuda is not None else 64
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _on_device(device: torch.device):
+    """Launch on the tensors' device even when another one is current."""
+    return torch.cuda.device(device)
+
+
+def _csr_linear_cuda_native(x, values, index, seg_ptr, bias, rows: int, cols: int) -> torch.Tensor:
+    m = x.shape[0]
+    y = torch.empty(m, rows, dtype=x.dtype, device=x.device)
+    with _on_device(x.device):
+        _cuda.csr_linear(m, _ptr(x), _ptr(y), _ptr(bias), DTYPE_CODES[values.dtype], rows, cols,
+                         _ptr(values), _ptr(index), _ptr(seg_ptr), _stream(x.device))
+    return y
+
+
+@torch.library.custom_op("sparseinfer::csr_linear_cuda", mutates_args=(), device_types="cuda")
+def _csr_linear_cuda_op(x: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
+                        seg_ptr: torch.Tensor, bias: Optional[torch.Tensor], rows: int,
+                        cols: int) -> torch.Tensor:
+    """y[m, rows] = x[m, cols] @ W.T + bias for the CUDA CSR layout (see formats/csr_cuda.py)."""
+    _check_csr_cuda_raw(x, values, index, seg_ptr, bias, rows, cols)
+    return _csr_linear_cuda_native(x, values, index, seg_ptr, bias, rows, cols)
+
+
+@_csr_linear_cuda_op.register_fake
+def _(x, values, index, seg_ptr, bias, rows, cols):
+    return x.new_empty(x.shape[0], rows)
+
+
+def _check_csr_cuda_raw(x, values, index, seg_ptr, bias, rows, cols) -> None:
+    """Shape/dtype/device guards for direct callers of torch.ops.sparseinfer.csr_linear_cuda
+    (contents were proved at pack time; reading them here would sync the device)."""
+    if values.dtype not in DTYPE_CODES:
+        raise ValueError(f"values dtype must be one of {tuple(DTYPE_CODES)}, got {values.dtype}")
+    if rows < 0 or cols < 0:
+        raise ValueError(f"rows/cols must be non-negative, got {rows}, {cols}")
+    device = values.device
+    _check_tensor("x", x, values.dtype, device)
+    if x.dim() != 2 or x.shape[1] != cols:
+        raise ValueError(f"x must be [m, {cols}], got {tuple(x.shape)}")
+    _check_tensor("values", values, values.dtype, device)
+    _check_tensor("index", index, torch.int16, device)
+    _check_tensor("seg_ptr", seg_ptr, torch.int32, device)
+    if values.dim() != 1 or index.shape != values.shape or values.data_ptr() % 16 or index.data_ptr() % 16:
+        raise ValueError("values and index must be 1-D, of equal length and 16-byte aligned")
+    if tuple(seg_ptr.shape) != (rows * csr_cuda.segments(cols) + 1,):
+        raise ValueError(f"seg_ptr must have shape ({rows * csr_cuda.segments(cols) + 1},)")
+    if bias is not None:
+        _check_tensor("bias", bias, values.dtype, device)
+        if bias.shape != (rows,):
+            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+
+
+def _csr_linear_cuda(x: torch.Tensor, weight: CSR, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    p = weight.packed
+    x2 = x.reshape(math.prod(x.shape[:-1]), weight.cols)
+    if csr_linear_path(weight, x2.shape[0]) == "dense_expand":
+        y = F.linear(x2, csr_cuda.dense_on_device(p, weight.rows, weight.cols), bias)
+    else:
+        op = _csr_linear_cuda_op if torch.compiler.is_compiling() else _csr_linear_cuda_native
+        y = op(x2, p.values, p.index, p.seg_ptr, bias, weight.rows, weight.cols)
+    return y.reshape(*x.shape[:-1], weight.rows)
+
+
+def _sparse24_linear_cuda_native(x, values, meta, bias, rows: int, cols: int) -> torch.Tensor:
+    m = x.shape[0]
+    y = torch.empty(m, rows, dtype=x.dtype, device=x.device)
+    with _on_device(x.device):
+        _cuda.sparse24_linear(m, _ptr(x), x.shape[1], _ptr(y), _ptr(bias), DTYPE_CODES[values.dtype],
+                              rows, cols, _ptr(values), _ptr(meta), _stream(x.device))
+    return y
+
+
+@torch.library.custom_op("sparseinfer::sparse24_linear_cuda", mutates_args=(), device_types="cuda")
+def _sparse24_linear_cuda_op(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                             bias: Optional[torch.Tensor], rows: int, cols: int) -> torch.Tensor:
+    """y[m, rows] = x[m, ldx] @ W.T + bias for the CUDA 2:4 layout (see formats/sparse24_cuda.py);
+    x's row length ldx is cols rounded up to a multiple of 8 (zero columns past cols)."""
+    _check_sparse24_cuda_raw(x, values, meta, bias, rows, cols)
+    return _sparse24_linear_cuda_native(x, values, meta, bias, rows, cols)
+
+
+@_sparse24_linear_cuda_op.register_fake
+def _(x, values, meta, bias, rows, cols):
+    return x.new_empty(x.shape[0], rows)
+
+
+def _check_sparse24_cuda_raw(x, values, meta, bias, rows, cols) -> None:
+    """Shape/dtype/device guards for direct callers of torch.ops.sparseinfer.sparse24_linear_cuda.
+    Any metadata content is memory-safe, so shapes are all it takes."""
+    if values.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"values dtype must be float16 or bfloat16, got {values.dtype}")
+    if rows < 0 or cols < 0:
+        raise ValueError(f"rows/cols must be non-negative, got {rows}, {cols}")
+    device = values.device
+    ldx = -(-cols // 8) * 8
+    _check_tensor("x", x, values.dtype, device)
+    if x.dim() != 2 or x.shape[1] != ldx or x.data_ptr() % 16:
+        raise ValueError(f"x must be [m, {ldx}] and 16-byte aligned, got {tuple(x.shape)}")
+    rt, kt = -(-rows // 16), 2 * -(-cols // 64)
+    for name, t, dtype, shape in (("values", values, values.dtype, (rt, kt, 32, 8)),
+                                  ("meta", meta, torch.int32, (rt, kt // 2, 32))):
+        _check_tensor(name, t, dtype, device)
+        if tuple(t.shape) != shape or t.data_ptr() % 16:
+            raise ValueError(f"{name} must have shape {shape} and be 16-byte aligned, got {tuple(t.shape)}")
+    if bias is not None:
+        _check_tensor("bias", bias, values.dtype, device)
+        if bias.shape != (rows,):
+            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+
+
+def _sparse24_linear_cuda(x: torch.Tensor, weight: Sparse24, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    p = weight.packed
+    x2 = x.reshape(math.prod(x.shape[:-1]), weight.cols)
+    if sparse24_linear_path(x2.shape[0], weight) == "dense_expand":
+        y = F.linear(x2, sparse24_cuda.dense_on_device(p, weight.rows, weight.cols), bias)
+        return y.reshape(*x.shape[:-1], weight.rows)
+    ldx = -(-weight.cols // 8) * 8
+    if ldx != weight.cols:  # the kernels load x in 16-byte pieces: pad rows to a multiple of 8
+        x2 = F.pad(x2, (0, ldx - weight.cols))
+    elif x2.data_ptr() % 16:
+        x2 = x2.clone()
+    op = _sparse24_linear_cuda_op if torch.compiler.is_compiling() else _sparse24_linear_cuda_native
+    y = op(x2, p.values, p.meta, bias, weight.rows, weight.cols)
+    return y.reshape(*x.shape[:-1], weight.rows)

@@ -52,15 +52,39 @@ class PackedWeight:
         """Bytes of the same weight stored dense in the same dtype."""
         return self.rows * self.cols * self._p.values.element_size()
 
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def _target(self, target, dtype, device) -> tuple[torch.dtype, torch.device]:
+        """Normalise `.to(dtype | device, dtype=, device=)` arguments against this weight."""
+        if isinstance(target, torch.dtype):
+            dtype = target if dtype is None else dtype
+        elif target is not None:
+            device = target if device is None else device
+        dtype = self.dtype if dtype is None else dtype
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+        device = self.device if device is None else torch.device(device)
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {device}")
+        if device.type == "cuda":
+            from .._native import require_cuda
+            require_cuda(f"moving a {type(self).__name__} to {device}")
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+        return dtype, device
+
     @staticmethod
     def _checked_dense(weight) -> torch.Tensor:
-        """A dense weight fit to pack: a 2-D float CPU tensor (detached), else TypeError/ValueError."""
+        """A dense weight fit to pack: a 2-D float tensor, detached and on the CPU (packing runs
+        there; from_dense moves the result back to the weight's device), else TypeError/ValueError."""
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
         if weight.dim() != 2:
             raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
         if weight.dtype not in FLOAT_DTYPES:
             raise ValueError(f"weight dtype must be one of {FLOAT_DTYPES}, got {weight.dtype}")
-        if weight.device.type != "cpu":
-            raise ValueError(f"weight must be on the CPU, got {weight.device}")
-        return weight.detach()
+        if weight.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"weight must be on the CPU or a CUDA device, got {weight.device}")
+        return weight.detach().cpu()

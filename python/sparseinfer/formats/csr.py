@@ -10,6 +10,9 @@ column inside the panel as a uint8 (so any number of columns works). Per (panel,
 per (panel, 64-row block) an offset, and, for denser matrices, a 128-bit row mask that lets the
 m=1 kernel expand values into dense lanes ("load as sparse, compute as dense"). The canonical
 arrays are rebuilt from this on demand, so the values are held once.
+
+On a CUDA device (``.to("cuda")``) the weight is re-packed once into the GPU kernels' layout
+(formats/csr_cuda.py); everything else here works on either layout.
 """
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ from typing import Optional, Union
 import torch
 
 from .._native import FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
+from . import csr_cuda
 from .base import PackedWeight
 from .bits import pack_bits
+from .csr_cuda import CsrCudaPacked
 from .errors import FormatError
 
 # At or above this density the m=1 path expands a bitmask (cost per column); below it, it
@@ -53,10 +58,12 @@ class CSR(PackedWeight):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bitmask: Union[bool, str] = "auto") -> "CSR":
-        """Pack a dense 2-D weight; exact zeros are dropped."""
+        """Pack a dense 2-D weight; exact zeros are dropped. The result lives on the weight's device."""
+        device = weight.device if isinstance(weight, torch.Tensor) else None
         weight = cls._checked_dense(weight)
         rows_idx, cols_idx = (weight != 0).nonzero(as_tuple=True)
-        return cls._pack(weight.shape, rows_idx, cols_idx, weight[rows_idx, cols_idx], bitmask)
+        csr = cls._pack(weight.shape, rows_idx, cols_idx, weight[rows_idx, cols_idx], bitmask)
+        return csr.to(device) if device.type == "cuda" else csr
 
     @classmethod
     def from_csr(cls, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
@@ -161,7 +168,8 @@ class CSR(PackedWeight):
     # ------------------------------------------------------------------ views
     @property
     def has_bitmask(self) -> bool:
-        return self._p.bitmask is not None
+        """Whether the CPU layout carries the m=1 expand bitmask (never on CUDA)."""
+        return not isinstance(self._p, CsrCudaPacked) and self._p.bitmask is not None
 
     def index_dtype(self) -> torch.dtype:
         """Smallest safe canonical index width for this matrix."""
@@ -170,6 +178,8 @@ class CSR(PackedWeight):
     def nbytes(self) -> int:
         """Bytes held by the packed form."""
         p = self._p
+        if isinstance(p, CsrCudaPacked):
+            return csr_cuda.nbytes(p)
         tensors = [p.values, p.local_idx, p.counts, p.block_offsets, p.block_nnz_prefix]
         if p.bitmask is not None:
             tensors.append(p.bitmask)
@@ -179,14 +189,25 @@ class CSR(PackedWeight):
         """Weight bytes a csr_linear call with m tokens streams (the memory-bound cost at m=1)."""
         from .. import ops  # path choice lives with the op
         p = self._p
+        if isinstance(p, CsrCudaPacked):
+            if ops.csr_linear_path(self, m) == "dense_expand":
+                return self.dense_nbytes()
+            return csr_cuda.nbytes(p)
         read = self.nnz * p.values.element_size() + p.counts.numel() + p.block_offsets.numel() * 8
         if ops.csr_linear_path(self, m) == "rows_expand":
             return read + p.bitmask.numel()
         return read + self.nnz
 
     # ------------------------------------------------------------------ unpacking
+    def _triples(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row, col, value) of every stored non-zero on the CPU, for either layout."""
+        if isinstance(self._p, CsrCudaPacked):
+            return csr_cuda.cells(self._p, self.rows, self.cols)
+        row, col = self._cells()
+        return row, col, self._p.values[: self.nnz]
+
     def _cells(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row, col) of every stored non-zero, in packed order."""
+        """(row, col) of every stored non-zero of the CPU layout, in packed order."""
         p = self._p
         panels = p.counts.shape[0]
         cell = torch.repeat_interleave(torch.arange(panels * self.rows, dtype=torch.int64),
@@ -196,33 +217,53 @@ class CSR(PackedWeight):
         return row, col
 
     def to_dense(self) -> torch.Tensor:
+        """The dense [rows, cols] weight, on this weight's device."""
+        if isinstance(self._p, CsrCudaPacked):
+            return csr_cuda.dense_on_device(self._p, self.rows, self.cols)
         dense = torch.zeros(self.shape, dtype=self.dtype)
         row, col = self._cells()
         dense[row, col] = self._p.values[: self.nnz]
         return dense
 
     def to_csr_arrays(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Canonical (indptr int64, indices uint16|int32, values)."""
-        row, col = self._cells()
+        """Canonical (indptr int64, indices uint16|int32, values), on the CPU."""
+        row, col, values = self._triples()
         order = torch.argsort(row * max(1, self.cols) + col)
         indptr = torch.zeros(self.rows + 1, dtype=torch.int64)
         indptr[1:] = torch.cumsum(torch.bincount(row, minlength=self.rows), 0)
         indices = col[order].to(torch.int32)
         if self.index_dtype() == torch.uint16:
             indices = indices.to(torch.uint16)
-        return indptr, indices, self._p.values[: self.nnz][order].clone()
+        return indptr, indices, values[order].clone()
 
-    def to(self, dtype: torch.dtype) -> "CSR":
-        """Same matrix with values cast to another float dtype (zeros created by the cast are kept)."""
-        if dtype not in FLOAT_DTYPES:
-            raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+    def to(self, target=None, *, dtype: Optional[torch.dtype] = None, device=None) -> "CSR":
+        """Same matrix with values cast to another float dtype (zeros created by the cast are
+        kept) and/or moved to another device, re-packed once for that device's kernels."""
+        dtype, device = self._target(target, dtype, device)
         p = self._p
+        if device != self.device:
+            row, col, values = self._triples()
+            values = values.to(dtype)
+            if device.type == "cuda":
+                return CSR(self.shape, self.nnz, csr_cuda.pack(self.rows, self.cols, row, col, values, device))
+            return CSR._pack(self.shape, row, col, values, "auto")
+        if dtype == self.dtype:
+            return self
+        if isinstance(p, CsrCudaPacked):
+            return CSR(self.shape, self.nnz, CsrCudaPacked(p.values.to(dtype), p.index, p.seg_ptr, p.entries))
         return CSR(self.shape, self.nnz, _Packed(p.values.to(dtype), p.local_idx, p.counts,
                                                    p.block_offsets, p.block_nnz_prefix, p.bitmask))
 
     def validate(self) -> None:
         """Re-prove the packed invariants (e.g. after tensors were loaded or mutated)."""
         p = self._p
+        if isinstance(p, CsrCudaPacked):
+            if p.values.dtype not in FLOAT_DTYPES:
+                _fail("values", f"dtype must be one of {FLOAT_DTYPES}, got {p.values.dtype}")
+            csr_cuda.validate(p, self.rows, self.cols)
+            if csr_cuda.cells(p, self.rows, self.cols)[0].numel() != self.nnz:
+                _fail("index", f"stored entry count differs from nnz {self.nnz}")
+            return
         panels = -(-self.cols // PANEL_COLS)
         row_blocks = -(-self.rows // ROW_BLOCK)
         expect = {
@@ -262,4 +303,4 @@ class CSR(PackedWeight):
 
     def __repr__(self) -> str:
         return (f"CSR(shape={self.shape}, nnz={self.nnz}, sparsity={self.sparsity:.3f}, "
-                f"dtype={self.dtype}, bitmask={self.has_bitmask})")
+                f"dtype={self.dtype}, device={self.device}, bitmask={self.has_bitmask})")

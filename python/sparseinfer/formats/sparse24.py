@@ -17,6 +17,9 @@ every kernel streams the weight sequentially: ``values`` [rows/4, chunks, 4, 16]
 int32 [rows/4, chunks, 4] holding, per (row, chunk), the 2-bit in-group column of each of its
 16 slots. Any meta value is memory-safe (a slot can only address its own group), so only
 shapes guard the kernel.
+
+On a CUDA device (``.to("cuda")``) the weight is re-packed once into the sparse tensor-core
+layout (formats/sparse24_cuda.py); everything else here works on either layout.
 """
 from __future__ import annotations
 
@@ -26,9 +29,11 @@ from typing import Optional
 import torch
 
 from .._native import FLOAT_DTYPES, SPARSE24_CHUNK_COLS
+from . import sparse24_cuda
 from .base import PackedWeight
 from .bits import pack_bits, unpack_bits
 from .errors import FormatError
+from .sparse24_cuda import Sparse24CudaPacked
 
 _GROUP = 4
 _KEPT = 2
@@ -129,6 +134,7 @@ class Sparse24(PackedWeight):
         """Pack a dense 2-D weight that is already 2:4; raises Not24Error (a ValueError) naming
         the first group with more than 2 non-zeros otherwise (prune first with
         sparseinfer.compress.prune_2_4)."""
+        device = weight.device if isinstance(weight, torch.Tensor) else None
         weight = cls._checked_dense(weight)
         problem = cls.first_violation(weight)
         if problem is not None:
@@ -142,7 +148,8 @@ class Sparse24(PackedWeight):
         top = score.view(rows, width // _GROUP, _GROUP).topk(_KEPT, dim=-1).indices
         kept = torch.zeros(rows, width // _GROUP, _GROUP, dtype=torch.bool)
         kept.scatter_(-1, top, True)
-        return cls._pack(_padded(weight, width), kept.view(rows, width), cols)
+        packed = cls._pack(_padded(weight, width), kept.view(rows, width), cols)
+        return packed.to(device) if device.type == "cuda" else packed
 
     @classmethod
     def from_bitmask(cls, compressed: torch.Tensor, bitmask: torch.Tensor, shape) -> "Sparse24":
@@ -210,6 +217,12 @@ class Sparse24(PackedWeight):
         pos = torch.sort(kept.view(rows, groups, _GROUP).to(torch.int8), dim=-1, descending=True,
                          stable=True).indices[..., :_KEPT]
         values = dense.view(rows, groups, _GROUP).gather(-1, pos).reshape(rows, groups * _KEPT)
+        return cls._from_slots(values, pos.reshape(rows, groups * _KEPT), cols)
+
+    @classmethod
+    def _from_slots(cls, values: torch.Tensor, pos: torch.Tensor, cols: int) -> "Sparse24":
+        """Slot values / in-group positions [rows, chunks * 16] (CPU) -> the CPU kernel form."""
+        rows, chunks = values.shape[0], values.shape[1] // _CHUNK_SLOTS
         code = (pos.reshape(rows, chunks, _CHUNK_SLOTS).to(torch.int64) << _SHIFTS).sum(-1)
         meta = torch.where(code >= 2**31, code - 2**32, code).to(torch.int32).contiguous()
         nnz = int((values != 0).sum())
@@ -218,29 +231,47 @@ class Sparse24(PackedWeight):
     # ------------------------------------------------------------------ views
     def nbytes(self) -> int:
         """Bytes held by the packed form."""
+        if isinstance(self._p, Sparse24CudaPacked):
+            return sparse24_cuda.nbytes(self._p)
         return sum(t.numel() * t.element_size() for t in (self._p.values, self._p.meta))
 
     def bytes_read(self, m: int) -> int:
         """Weight bytes a sparse24_linear call streams (the memory-bound cost at m=1)."""
+        if self.is_cuda:
+            from .. import ops  # path choice lives with the op
+            if ops.sparse24_linear_path(m, self) == "dense_expand":
+                return self.dense_nbytes()
         return self.nbytes()
 
     # ------------------------------------------------------------------ unpacking
     @property
     def chunks(self) -> int:
-        return self._p.meta.shape[1]
+        return _chunks(self.cols)
+
+    def _slots(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slot values, in-group positions), row-major [rows, chunks * 16], on the CPU."""
+        p, rows = self._p, self.rows
+        if isinstance(p, Sparse24CudaPacked):
+            values, pos = sparse24_cuda.slots(p, rows)
+            width = self.chunks * _CHUNK_SLOTS
+            return values[:, :width].cpu(), pos[:, :width].cpu()
+        meta = _row_major(p.meta, rows).to(torch.int64) & 0xFFFFFFFF
+        pos = ((meta.unsqueeze(-1) >> _SHIFTS) & 3).reshape(rows, self.chunks * _CHUNK_SLOTS)
+        return _row_major(p.values, rows), pos
 
     def _values(self) -> torch.Tensor:
         """Slot values, row-major [rows, chunks * 16]."""
-        return _row_major(self._p.values, self.rows)
+        return self._slots()[0]
 
     def _slot_columns(self) -> torch.Tensor:
         """int64 [rows, chunks * 16]: the column of every slot (>= cols for padding)."""
-        rows, chunks = self.rows, self.chunks
-        meta = _row_major(self._p.meta, rows).to(torch.int64) & 0xFFFFFFFF
-        pos = ((meta.unsqueeze(-1) >> _SHIFTS) & 3).reshape(rows, chunks * _CHUNK_SLOTS)
-        return (torch.arange(chunks * _CHUNK_SLOTS) // _KEPT) * _GROUP + pos
+        pos = self._slots()[1]
+        return (torch.arange(self.chunks * _CHUNK_SLOTS) // _KEPT) * _GROUP + pos
 
     def to_dense(self) -> torch.Tensor:
+        """The dense [rows, cols] weight, on this weight's device."""
+        if isinstance(self._p, Sparse24CudaPacked):
+            return sparse24_cuda.dense_on_device(self._p, self.rows, self.cols)
         width = self.chunks * SPARSE24_CHUNK_COLS
         dense = torch.zeros(self.rows, width, dtype=self.dtype)
         dense.scatter_(1, self._slot_columns(), self._values())
@@ -250,47 +281,68 @@ class Sparse24(PackedWeight):
         """Canonical (compressed, bitmask, shape): the compressed-tensors ``sparse-24-bitmask``
         layout (shape is int64 [2, 1]; bitmask little-endian per row)."""
         rows, cols = self.shape
-        cols_of = self._slot_columns()
+        values, pos = self._slots()
+        cols_of = (torch.arange(self.chunks * _CHUNK_SLOTS) // _KEPT) * _GROUP + pos
         real = cols_of < cols
-        compressed = self._values()[real].view(rows, kept_per_row(cols)).clone()
+        compressed = values[real].view(rows, kept_per_row(cols)).clone()
         bits = torch.zeros(rows, self.chunks * SPARSE24_CHUNK_COLS, dtype=torch.bool)
         bits.scatter_(1, cols_of, True)
         bitmask = pack_bits(_padded(bits[:, :cols], -(-cols // 8) * 8, False))
         shape = torch.tensor([[rows], [cols]], dtype=torch.int64)
         return compressed, bitmask, shape
 
-    def to(self, dtype: torch.dtype) -> "Sparse24":
-        """Same pattern with values cast to another float dtype."""
-        if dtype not in FLOAT_DTYPES:
-            raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
-        values = self._p.values.to(dtype)
-        return Sparse24(self.shape, int((values != 0).sum()), _Packed(values, self._p.meta))
+    def to(self, target=None, *, dtype: Optional[torch.dtype] = None, device=None) -> "Sparse24":
+        """Same pattern with values cast to another float dtype and/or moved to another device,
+        re-packed once for that device's kernels (nnz is recounted: a cast can flush to zero)."""
+        dtype, device = self._target(target, dtype, device)
+        if device != self.device:
+            values, pos = self._slots()
+            moved = Sparse24._from_slots(values.to(dtype), pos, self.cols)
+            if device.type == "cpu":
+                return moved
+            return Sparse24(self.shape, moved.nnz, sparse24_cuda.pack(values.to(dtype), pos, device))
+        if dtype == self.dtype:
+            return self
+        p = self._p
+        values = p.values.to(dtype)
+        nnz = int((values != 0).sum())
+        if isinstance(p, Sparse24CudaPacked):
+            return Sparse24(self.shape, nnz, Sparse24CudaPacked(values, p.meta))
+        return Sparse24(self.shape, nnz, _Packed(values, p.meta))
 
     def validate(self) -> None:
         """Re-prove the packed invariants (e.g. after tensors were loaded or mutated)."""
         p = self._p
         chunks, quads = _chunks(self.cols), _quads(self.rows)
-        for name, t, shape in (("values", p.values, (quads, chunks, _QUAD, _CHUNK_SLOTS)),
-                               ("meta", p.meta, (quads, chunks, _QUAD, 1))):
-            if tuple(t.shape) != shape:
-                _fail(name, f"shape must be {shape}, got {tuple(t.shape)}")
-            if not t.is_contiguous() or t.device.type != "cpu":
-                _fail(name, "must be a contiguous CPU tensor")
         if p.values.dtype not in FLOAT_DTYPES:
             _fail("values", f"dtype must be one of {FLOAT_DTYPES}, got {p.values.dtype}")
-        if p.meta.dtype != torch.int32:
-            _fail("meta", f"dtype must be int32, got {p.meta.dtype}")
-        cols_of = self._slot_columns()
+        if isinstance(p, Sparse24CudaPacked):
+            sparse24_cuda.validate(p, self.rows, self.cols)
+            all_values, _ = sparse24_cuda.slots(p, -(-self.rows // 16) * 16)
+            padding = all_values.cpu()
+            padding[: self.rows, : chunks * _CHUNK_SLOTS] = 0  # what remains must be zero
+        else:
+            for name, t, shape in (("values", p.values, (quads, chunks, _QUAD, _CHUNK_SLOTS)),
+                                   ("meta", p.meta, (quads, chunks, _QUAD, 1))):
+                if tuple(t.shape) != shape:
+                    _fail(name, f"shape must be {shape}, got {tuple(t.shape)}")
+                if not t.is_contiguous() or t.device.type != "cpu":
+                    _fail(name, "must be a contiguous CPU tensor")
+            if p.meta.dtype != torch.int32:
+                _fail("meta", f"dtype must be int32, got {p.meta.dtype}")
+            padding = _row_major(p.values, quads * _QUAD)[self.rows:]
+        values, pos = self._slots()
+        cols_of = (torch.arange(chunks * _CHUNK_SLOTS) // _KEPT) * _GROUP + pos
         pairs = cols_of.view(self.rows, chunks * _CHUNK_SLOTS // _KEPT, _KEPT)
         if bool((pairs[..., 1] <= pairs[..., 0]).any()):
             _fail("meta", "the two slots of a group must name distinct columns in increasing order")
-        if bool((self._values()[cols_of >= self.cols] != 0).any()):
+        if bool((values[cols_of >= self.cols] != 0).any()):
             _fail("values", "slots beyond the last column must hold zero")
-        if bool((_row_major(p.values, quads * _QUAD)[self.rows:] != 0).any()):
-            _fail("values", "the rows padding the last quad must hold zero")
+        if bool((padding != 0).any()):
+            _fail("values", "the rows padding the last quad (or row tile) must hold zero")
         if int((p.values != 0).sum()) != self.nnz:
             _fail("values", f"non-zero count differs from nnz {self.nnz}")
 
     def __repr__(self) -> str:
         return (f"Sparse24(shape={self.shape}, nnz={self.nnz}, sparsity={self.sparsity:.3f}, "
-                f"dtype={self.dtype})")
+                f"dtype={self.dtype}, device={self.device})")

@@ -1,25 +1,58 @@
-"""Loading a layer's weight from its canonical (checkpoint) arrays in a state_dict."""
+"""What our sparse layers share: a packed weight object that follows the module across devices
+and dtypes, and a state_dict of the format's canonical (checkpoint) arrays."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import torch
 from torch import nn
 
 
 class CanonicalWeightModule(nn.Module):
-    """Base for layers whose state_dict holds a weight format's canonical arrays (never the
-    kernel layout). Subclasses set STATE_KEYS, implement `_weight_from_state(*arrays)` (which
-    validates untrusted data and raises ValueError) and `_set_weight(weight)`."""
+    """Base for layers whose weight is a packed format object (``self._weight``) and whose
+    state_dict holds the format's canonical arrays (never the kernel layout). Subclasses set
+    STATE_KEYS and implement `_weight_from_state(*arrays)` (validates untrusted CPU data, raises
+    ValueError)."""
 
     STATE_KEYS: Sequence[str] = ()
     _weight_from_state: Callable
+
+    def _set_weight(self, weight) -> None:
+        self._weight = weight
+
+    @property
+    def weight(self):
+        """The packed weight (CSR / Sparse24) on this module's device."""
+        return self._weight
+
+    @property
+    def sparsity(self) -> float:
+        return self._weight.sparsity
+
+    def _apply(self, fn, recurse=True):
+        # .cuda() / .to(device, dtype) / .half(): move the bias (super) and re-pack the weight once
+        # for the target device's kernels; fn applied to a probe tells where and what to.
+        super()._apply(fn, recurse)
+        w = self._weight
+        probe = fn(torch.empty(0, dtype=w.dtype, device=w.device))
+        if probe.dtype != w.dtype or probe.device != w.device:
+            self._set_weight(w.to(dtype=probe.dtype, device=probe.device))
+        return self
+
+    def extra_repr(self) -> str:
+        w = self._weight
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, sparsity={w.sparsity:.3f}, dtype={w.dtype}, "
+                f"device={w.device}")
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         present = [prefix + k in state_dict for k in self.STATE_KEYS]
         if all(present):
             try:
-                weight = self._weight_from_state(*(state_dict[prefix + k] for k in self.STATE_KEYS))
+                arrays = (state_dict[prefix + k] for k in self.STATE_KEYS)
+                weight = self._weight_from_state(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in arrays))
+                weight = weight.to(device=self._weight.device)
             except ValueError as exc:
                 error_msgs.append(f"{prefix}weight: {exc}")
             else:

@@ -7,10 +7,8 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..formats.csr import CSR, _Packed
+from ..formats.csr import CSR
 from .canonical_state import CanonicalWeightModule
-
-_PACKED_FIELDS = ("values", "local_idx", "counts", "block_offsets", "block_nnz_prefix", "bitmask")
 
 
 class CSRLinear(CanonicalWeightModule):
@@ -33,11 +31,12 @@ class CSRLinear(CanonicalWeightModule):
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "CSRLinear":
+        """From a dense [out, in] weight (exact zeros dropped); the layer lives on its device."""
         layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
-        layer._set_weight(CSR.from_dense(weight))
         if bias is not None:
-            layer.bias.data = bias.detach().to(weight.dtype).clone()
-        return layer
+            layer.bias.data = bias.detach().to(weight.dtype).clone().cpu()
+        layer._set_weight(CSR.from_dense(weight.cpu()))
+        return layer.to(weight.device)
 
     @staticmethod
     def conversion_blocker(weight: torch.Tensor, sparsity: float, min_sparsity: float) -> Optional[str]:
@@ -48,28 +47,8 @@ class CSRLinear(CanonicalWeightModule):
     def from_linear(cls, linear: nn.Linear) -> "CSRLinear":
         return cls.from_dense(linear.weight.detach(), linear.bias)
 
-    def _set_weight(self, csr: CSR) -> None:
-        self.nnz = csr.nnz
-        for name in _PACKED_FIELDS:
-            self.register_buffer(f"_csr_{name}", getattr(csr.packed, name), persistent=False)
-
-    @property
-    def weight(self) -> CSR:
-        """The CSR weight, viewed over this module's (possibly moved/cast) buffers."""
-        packed = _Packed(*(getattr(self, f"_csr_{name}") for name in _PACKED_FIELDS))
-        return CSR((self.out_features, self.in_features), self.nnz, packed)
-
-    @property
-    def sparsity(self) -> float:
-        return self.weight.sparsity
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.csr_linear(x.contiguous(), self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, sparsity={self.sparsity:.3f}, "
-                f"dtype={self.weight.dtype}")
+        return ops.csr_linear(x.contiguous(), self._weight, self.bias)
 
     # state_dict holds canonical CSR arrays, never the kernel layout.
     def _save_to_state_dict(self, destination, prefix, keep_vars):

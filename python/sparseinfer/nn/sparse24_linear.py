@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import ops
 from ..compress import prune_2_4
-from ..formats.sparse24 import Not24Error, Sparse24, _Packed
+from ..formats.sparse24 import Not24Error, Sparse24
 from .canonical_state import CanonicalWeightModule
 
 
@@ -36,7 +36,8 @@ class Sparse24Linear(CanonicalWeightModule):
                    prune: bool = False) -> "Sparse24Linear":
         """From a dense [out, in] weight. prune=True applies 2:4 magnitude pruning first;
         otherwise the weight must already be 2:4 (ValueError naming the first bad group)."""
-        weight = weight.detach()
+        device = weight.device
+        weight = weight.detach().cpu()
         if prune:
             weight = prune_2_4(weight)
         try:
@@ -48,8 +49,8 @@ class Sparse24Linear(CanonicalWeightModule):
         layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
         layer._set_weight(packed)
         if bias is not None:
-            layer.bias.data = bias.detach().to(weight.dtype).clone()
-        return layer
+            layer.bias.data = bias.detach().to(weight.dtype).clone().cpu()
+        return layer.to(device)
 
     @staticmethod
     def conversion_blocker(weight: torch.Tensor, sparsity: float, min_sparsity: float) -> Optional[str]:
@@ -61,34 +62,8 @@ class Sparse24Linear(CanonicalWeightModule):
     def from_linear(cls, linear: nn.Linear, prune: bool = False) -> "Sparse24Linear":
         return cls.from_dense(linear.weight, linear.bias, prune=prune)
 
-    def _set_weight(self, weight: Sparse24) -> None:
-        self.nnz = weight.nnz
-        self.register_buffer("_s24_values", weight.packed.values, persistent=False)
-        self.register_buffer("_s24_meta", weight.packed.meta, persistent=False)
-
-    @property
-    def weight(self) -> Sparse24:
-        """The 2:4 weight, viewed over this module's (possibly cast) buffers."""
-        return Sparse24((self.out_features, self.in_features), self.nnz,
-                        _Packed(self._s24_values, self._s24_meta))
-
-    @property
-    def sparsity(self) -> float:
-        return self.weight.sparsity
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.sparse24_linear(x.contiguous(), self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, sparsity={self.sparsity:.3f}, "
-                f"dtype={self.weight.dtype}")
-
-    def _apply(self, fn, recurse=True):
-        # .half()/.to(dtype) cast the values; nnz may shrink when small values flush to zero.
-        super()._apply(fn, recurse)
-        self.nnz = int((self._s24_values != 0).sum())
-        return self
+        return ops.sparse24_linear(x.contiguous(), self._weight, self.bias)
 
     # state_dict holds the canonical compressed-tensors layout, never the kernel layout.
     def _save_to_state_dict(self, destination, prefix, keep_vars):
