@@ -198,3 +198,16 @@ def test_formats_round_trip_through_the_gpu():
     assert torch.equal(s24.to_dense().cpu(), s) and torch.equal(s24.to("cpu").to_dense(), s)
     compressed, bitmask, shape = s24.to_bitmask()
     assert torch.equal(Sparse24.from_bitmask(compressed, bitmask, shape).to_dense(), s)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_sparse24_every_kernel_at_every_m(dtype):
+    w = random_2_4(80, 200, dtype)
+    s24 = Sparse24.from_dense(w).to(DEV)
+    p = s24.packed
+    bias = torch.randn(80, device=DEV).to(dtype)
+    for path in (1, 2):  # split-K (in passes of 64 tokens above 64) and tiled
+        for m in (1, 9, 64, 65, 130, 257):
+            x = torch.nn.functional.pad(_x(m, 200, dtype), (0, 0))
+            y = ops._sparse24_linear_cuda_native(x, p.values, p.meta, bias, 80, 200, path)
+            _check(y, x, w.to(DEV), bias)

@@ -24,6 +24,8 @@ while [ $# -gt 0 ]; do
       (cd tests && compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x \
           -p no:cacheprovider test_cuda_linear.py 2>&1 | tee "$OUT/memcheck.txt" | tail -8)
       status=$((status | ${PIPESTATUS[0]})) ;;
+    sweep)
+      python3 bench/cuda/path_sweep.py 2>&1 | tee "$OUT/path_sweep.txt" ;;
     bench)
       shift
       python3 -m sparseinfer.cli bench --device cuda --json "$OUT/bench.json" "$@" 2>/dev/null \

@@ -35,13 +35,27 @@ csr_rows_kernel(int m, const T* __restrict__ x, T* __restrict__ y, const T* __re
     const int c0 = s * kCsrSegCols;
     const int width = min(kCsrSegCols, cols - c0);
     __syncthreads();  // the previous segment's gathers are done
-    for (int c = threadIdx.x; c <= kCsrSegCols; c += kThreads) {
-      T col[MP];
+    // Stage x in batches whose loads are all in flight before the first store (latency-bound).
+    constexpr int kPerThread = (kCsrSegCols + 1 + kThreads - 1) / kThreads;
+    constexpr int kBatch = MP >= 8 ? 1 : (MP >= 4 ? 3 : kPerThread);
 #pragma unroll
-      for (int t = 0; t < MP; ++t)
-        col[t] = (c < width && t0 + t < m) ? x[size_t(t0 + t) * cols + c0 + c] : from_f32<T>(0.f);
+    for (int b0 = 0; b0 < kPerThread; b0 += kBatch) {
+      T col[kBatch][MP];
 #pragma unroll
-      for (int t = 0; t < MP; ++t) xs[c * MP + t] = col[t];
+      for (int b = 0; b < kBatch; ++b) {
+        const int c = threadIdx.x + (b0 + b) * kThreads;
+#pragma unroll
+        for (int t = 0; t < MP; ++t)
+          col[b][t] = (b0 + b < kPerThread && c < width && t0 + t < m)
+                          ? x[size_t(t0 + t) * cols + c0 + c] : from_f32<T>(0.f);
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int c = threadIdx.x + (b0 + b) * kThreads;
+        if (b0 + b < kPerThread && c <= kCsrSegCols)
+#pragma unroll
+          for (int t = 0; t < MP; ++t) xs[c * MP + t] = col[b][t];
+      }
     }
     __syncthreads();
 #pragma unroll
@@ -49,18 +63,33 @@ csr_rows_kernel(int m, const T* __restrict__ x, T* __restrict__ y, const T* __re
       const int row = row0 + r;
       if (row < rows) {
         const int begin = seg_ptr[size_t(row) * segs + s], end = seg_ptr[size_t(row) * segs + s + 1];
-        for (int i = begin + lane * kCsrVec; i < end; i += 32 * kCsrVec) {
-          float w[kCsrVec];
-          load_floats<T, kCsrVec>(values + i, w);
-          const uint4 packed = *reinterpret_cast<const uint4*>(index + i);
-          const uint16_t* idx = reinterpret_cast<const uint16_t*>(&packed);
+        // Two vectors per lane per step: both loads in flight before the first gather.
+        for (int i = begin + lane * kCsrVec; i < end; i += 64 * kCsrVec) {
+          float w[2][kCsrVec];
+          uint4 packed[2];
 #pragma unroll
-          for (int j = 0; j < kCsrVec; ++j) {
-            const int c = min(int(idx[j]), kCsrSegCols);  // padding and bad indices read zeros
-            float xv[MP];
-            load_floats<T, MP>(xs + c * MP, xv);
+          for (int h = 0; h < 2; ++h) {
+            const int at = i + h * 32 * kCsrVec;
+            if (h == 0 || at < end) {
+              load_floats<T, kCsrVec>(values + at, w[h]);
+              packed[h] = *reinterpret_cast<const uint4*>(index + at);
+            } else {
+              packed[h] = make_uint4(0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu);
 #pragma unroll
-            for (int t = 0; t < MP; ++t) acc[r][t] = fmaf(w[j], xv[t], acc[r][t]);
+              for (int j = 0; j < kCsrVec; ++j) w[h][j] = 0.f;
+            }
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const uint16_t* idx = reinterpret_cast<const uint16_t*>(&packed[h]);
+#pragma unroll
+            for (int j = 0; j < kCsrVec; ++j) {
+              const int c = min(int(idx[j]), kCsrSegCols);  // padding and bad indices read zeros
+              float xv[MP];
+              load_floats<T, MP>(xs + c * MP, xv);
+#pragma unroll
+              for (int t = 0; t < MP; ++t) acc[r][t] = fmaf(w[h][j], xv[t], acc[r][t]);
+            }
           }
         }
       }
@@ -99,8 +128,8 @@ template <typename T>
 void dispatch(int64_t m, const void* x, void* y, const void* bias, const CsrCudaWeight& w,
               cudaStream_t stream) {
   switch (csr_tokens_per_pass(m, w.dtype)) {
-    case 1: return launch_rows<T, 1, 2>(m, x, y, bias, w, stream);
-    case 2: return launch_rows<T, 2, 2>(m, x, y, bias, w, stream);
+    case 1: return launch_rows<T, 1, 1>(m, x, y, bias, w, stream);
+    case 2: return launch_rows<T, 2, 1>(m, x, y, bias, w, stream);
     case 4: return launch_rows<T, 4, 2>(m, x, y, bias, w, stream);
     case 8: return launch_rows<T, 8, 4>(m, x, y, bias, w, stream);
     default:
@@ -109,7 +138,45 @@ void dispatch(int64_t m, const void* x, void* y, const void* bias, const CsrCuda
   }
 }
 
+// dense[rows, cols] = W: each warp zeroes its row, then scatters the row's entries.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+csr_expand_kernel(T* __restrict__ dense, int rows, int cols, int segs, const T* __restrict__ values,
+                  const uint16_t* __restrict__ index, const int32_t* __restrict__ seg_ptr) {
+  const int row = blockIdx.x * kWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  T* out = dense + size_t(row) * cols;
+  for (int c = lane; c < cols; c += 32) out[c] = from_f32<T>(0.f);
+  __syncwarp();
+  for (int s = 0; s < segs; ++s) {
+    const int end = seg_ptr[size_t(row) * segs + s + 1];
+    for (int i = seg_ptr[size_t(row) * segs + s] + lane; i < end; i += 32) {
+      const int c = s * kCsrSegCols + int(index[i]);
+      if (index[i] < kCsrSegCols && c < cols) out[c] = values[i];
+    }
+  }
+}
+
 }  // namespace
+
+void csr_to_dense(void* dense, const CsrCudaWeight& w, void* stream) {
+  if (w.rows == 0 || w.cols == 0) return;
+  dim3 grid(unsigned((w.rows + kWarps - 1) / kWarps));
+  auto s = static_cast<cudaStream_t>(stream);
+  const int rows = int(w.rows), cols = int(w.cols), segs = int(w.segs);
+  switch (w.dtype) {
+    case DType::f32:
+      csr_expand_kernel<float><<<grid, kThreads, 0, s>>>(static_cast<float*>(dense), rows, cols, segs,
+          static_cast<const float*>(w.values), w.index, w.seg_ptr); break;
+    case DType::f16:
+      csr_expand_kernel<__half><<<grid, kThreads, 0, s>>>(static_cast<__half*>(dense), rows, cols, segs,
+          static_cast<const __half*>(w.values), w.index, w.seg_ptr); break;
+    case DType::bf16:
+      csr_expand_kernel<__nv_bfloat16><<<grid, kThreads, 0, s>>>(static_cast<__nv_bfloat16*>(dense), rows,
+          cols, segs, static_cast<const __nv_bfloat16*>(w.values), w.index, w.seg_ptr); break;
+  }
+  check_launch("csr_to_dense");
+}
 
 int csr_tokens_per_pass(int64_t m, DType dtype) {
   const int cap = dtype == DType::f32 ? 8 : 16;  // shared memory: (2048 + 1) * MP * element size

@@ -260,15 +260,45 @@ s24_tiled_kernel(int m, const T* __restrict__ x, int ldx, T* __restrict__ y,
   }
 }
 
+// dense[rows, cols] = W: one warp per (row tile, k tile); lanes fetch each value's metadata
+// nibble from the lane that holds it.
+template <typename T>
+__global__ void __launch_bounds__(256)
+s24_expand_kernel(T* __restrict__ dense, int rows, int cols, int row_tiles, int k_pairs,
+                  const T* __restrict__ values, const uint32_t* __restrict__ meta) {
+  const int64_t tile = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  if (tile >= int64_t(row_tiles) * 2 * k_pairs) return;
+  const int rt = int(tile / (2 * k_pairs)), kt = int(tile % (2 * k_pairs)), sel = kt & 1;
+  const int row0 = rt * kS24TileRows, col0 = kt * kS24TileCols;
+  for (int i = lane; i < kS24TileRows * kS24TileCols; i += 32) {
+    const int r = row0 + i / kS24TileCols, c = col0 + i % kS24TileCols;
+    if (r < rows && c < cols) dense[size_t(r) * cols + c] = from_f32<T>(0.f);
+  }
+  __syncwarp();
+  const uint32_t word = meta[(size_t(rt) * k_pairs + kt / 2) * 32 + lane];
+  const T* v = values + (size_t(tile) * 32 + lane) * 8;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const int half = (e >> 1) & 1, cc = 2 * t + (e & 1) + 8 * (e >> 2), q = cc / 2;
+    const uint32_t holder = __shfl_sync(0xffffffffu, word, 4 * g + 2 * sel + (e >> 2));
+    const uint32_t nib = (holder >> (4 * (half * 4 + q % 4))) & 0xFu;
+    const int r = row0 + g + 8 * half, c = col0 + 4 * q + int((nib >> (2 * (cc % 2))) & 3u);
+    if (r < rows && c < cols) dense[size_t(r) * cols + c] = v[e];
+  }
+}
+
 template <typename T>
 void launch(int64_t m, const void* x, int64_t ldx, void* y, const void* bias,
-            const Sparse24CudaWeight& w, cudaStream_t stream) {
+            const Sparse24CudaWeight& w, cudaStream_t stream, S24Path path) {
   const T* xt = static_cast<const T*>(x);
   const T* bt = static_cast<const T*>(bias);
   const auto* va = static_cast<const uint4*>(w.values);
-  if (m <= kS24SplitMaxM) {
+  if (path == S24Path::split_k || (path == S24Path::automatic && m <= kS24SplitMaxM)) {
     const int nt = m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8;
-    dim3 grid(unsigned(w.row_tiles), 1);
+    const int64_t passes = (m + 63) / 64;
+    if (passes > 65535) throw std::invalid_argument("sparse24_linear: m too large for the split-K kernel");
+    dim3 grid(unsigned(w.row_tiles), unsigned(passes));
     const int args_m = int(m), args_ldx = int(ldx), rows = int(w.rows), kp = int(w.k_pairs);
     T* yt = static_cast<T*>(y);
     switch (nt) {
@@ -294,14 +324,34 @@ void launch(int64_t m, const void* x, int64_t ldx, void* y, const void* bias,
 }  // namespace
 
 void sparse24_linear(int64_t m, const void* x, int64_t ldx, void* y, const void* bias,
-                     const Sparse24CudaWeight& w, void* stream) {
+                     const Sparse24CudaWeight& w, void* stream, S24Path path) {
   if (m == 0 || w.rows == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   switch (w.dtype) {
-    case DType::f16: return launch<__half>(m, x, ldx, y, bias, w, s);
-    case DType::bf16: return launch<__nv_bfloat16>(m, x, ldx, y, bias, w, s);
+    case DType::f16: return launch<__half>(m, x, ldx, y, bias, w, s, path);
+    case DType::bf16: return launch<__nv_bfloat16>(m, x, ldx, y, bias, w, s, path);
     default: throw std::invalid_argument("sparse24_linear: the CUDA kernels take fp16 or bf16");
   }
+}
+
+void sparse24_to_dense(void* dense, const Sparse24CudaWeight& w, void* stream) {
+  const int64_t tiles = w.row_tiles * 2 * w.k_pairs;
+  if (tiles == 0 || w.rows == 0 || w.cols == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  dim3 grid(unsigned((tiles + 7) / 8));
+  const int rows = int(w.rows), cols = int(w.cols), rt = int(w.row_tiles), kp = int(w.k_pairs);
+  switch (w.dtype) {
+    case DType::f32:
+      s24_expand_kernel<float><<<grid, 256, 0, s>>>(static_cast<float*>(dense), rows, cols, rt, kp,
+          static_cast<const float*>(w.values), w.meta); break;
+    case DType::f16:
+      s24_expand_kernel<__half><<<grid, 256, 0, s>>>(static_cast<__half*>(dense), rows, cols, rt, kp,
+          static_cast<const __half*>(w.values), w.meta); break;
+    case DType::bf16:
+      s24_expand_kernel<__nv_bfloat16><<<grid, 256, 0, s>>>(static_cast<__nv_bfloat16*>(dense), rows, cols,
+          rt, kp, static_cast<const __nv_bfloat16*>(w.values), w.meta); break;
+  }
+  check_launch("sparse24_to_dense");
 }
 
 }  // namespace sparseinfer::cuda

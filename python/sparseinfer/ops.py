@@ -20,10 +20,15 @@ from .formats.csr_cuda import CsrCudaPacked
 from .formats.sparse24 import Sparse24
 from .formats.sparse24_cuda import Sparse24CudaPacked
 
-# CUDA path choice (measured on H100, bench/results/cuda_*.json): the CSR row kernel up to this
-# many tokens, else expand to dense on the device and run cuBLAS; 2:4 runs its own tensor-core
-# kernels at every m for fp16/bf16 (fp32 expands: sparse tensor cores take 16-bit operands).
+# CUDA path choice (measured on an H100: bench/results/cuda_path_sweep_h100.txt). CSR: the row
+# kernel up to CSR_CUDA_MAX_M tokens, else expand to dense on the device and run cuBLAS. 2:4
+# (fp16/bf16): the split-K tensor-core kernel up to S24_CUDA_SPLITK_MAX_M, the tiled one up to
+# S24_CUDA_TILED_MAX_M, else expand + cuBLAS; fp32 always expands (sparse tensor cores take
+# 16-bit operands).
 CSR_CUDA_MAX_M = 64
+S24_CUDA_SPLITK_MAX_M = 64
+S24_CUDA_TILED_MAX_M = 1 << 62
+_S24_NATIVE_PATHS = {"mma_sp_splitk": 1, "mma_sp_tiled": 2}
 
 __all__ = ["csr_linear", "csr_linear_path", "sparse24_linear", "sparse24_linear_path"]
 
@@ -218,16 +223,15 @@ def sparse24_linear_path(m: int, weight: Optional[Sparse24] = None) -> str:
     """Which kernel path sparse24_linear takes for m tokens. CPU: rows or tokens; CUDA (pass the
     weight): mma_sp_splitk, mma_sp_tiled, or dense_expand for fp32."""
     if weight is not None and weight.is_cuda:
-        if weight.dtype == torch.float32:
+        if weight.dtype == torch.float32 or m > S24_CUDA_TILED_MAX_M:
             return "dense_expand"
-        return "mma_sp_splitk" if m <= _S24_SPLIT_MAX_M else "mma_sp_tiled"
+        return "mma_sp_splitk" if m <= S24_CUDA_SPLITK_MAX_M else "mma_sp_tiled"
     return _C.sparse24_linear_path(int(m))
 
 
 # ---------------------------------------------------------------------------------- CUDA
 # Same contract as the CPU ops; the kernels take device pointers and torch's current stream
 # (so CUDA graph capture works: no sync, no allocation in native code).
-_S24_SPLIT_MAX_M = _cuda.build_info()["s24_split_max_m"] if _cuda is not None else 64
 
 
 def _stream(device: torch.device) -> int:
@@ -297,12 +301,14 @@ def _csr_linear_cuda(x: torch.Tensor, weight: CSR, bias: Optional[torch.Tensor])
     return y.reshape(*x.shape[:-1], weight.rows)
 
 
-def _sparse24_linear_cuda_native(x, values, meta, bias, rows: int, cols: int) -> torch.Tensor:
+def _sparse24_linear_cuda_native(x, values, meta, bias, rows: int, cols: int, path: int = 0) -> torch.Tensor:
     m = x.shape[0]
     y = torch.empty(m, rows, dtype=x.dtype, device=x.device)
+    if path == 0:
+        path = 1 if m <= S24_CUDA_SPLITK_MAX_M else 2
     with _on_device(x.device):
         _cuda.sparse24_linear(m, _ptr(x), x.shape[1], _ptr(y), _ptr(bias), DTYPE_CODES[values.dtype],
-                              rows, cols, _ptr(values), _ptr(meta), _stream(x.device))
+                              rows, cols, _ptr(values), _ptr(meta), _stream(x.device), path)
     return y
 
 

@@ -29,6 +29,8 @@ struct CsrCudaWeight {
 int csr_tokens_per_pass(int64_t m, DType dtype);
 // y[m, rows] = x[m, cols] @ W.T (+ bias); x, y, bias in the weight's dtype.
 void csr_linear(int64_t m, const void* x, void* y, const void* bias, const CsrCudaWeight& w, void* stream);
+// dense[rows, cols] (row-major, weight dtype) = W: the large-m path expands, then cuBLAS runs.
+void csr_to_dense(void* dense, const CsrCudaWeight& w, void* stream);
 
 // ---- 2:4 (formats/sparse24_cuda.py builds this layout)
 // Rows in tiles of 16 and columns in tiles of 32 (one mma.sp m16n8k32). Per (row tile, k tile):
@@ -46,10 +48,14 @@ struct Sparse24CudaWeight {
   const uint32_t* meta = nullptr;   // [row_tiles, k_pairs, 32]
 };
 
-// Largest m the split-K (decode) kernel takes; above it the tiled kernel runs.
+// Kernel choice: the split-K (decode) kernel up to kS24SplitMaxM tokens (in passes of 64),
+// else the tiled kernel; `path` forces one (for measurements): 0 auto, 1 split-K, 2 tiled.
 constexpr int64_t kS24SplitMaxM = 64;
+enum class S24Path : int { automatic = 0, split_k = 1, tiled = 2 };
 // x is [m, ldx] with ldx % 8 == 0 (zero columns past cols), 16-byte aligned.
 void sparse24_linear(int64_t m, const void* x, int64_t ldx, void* y, const void* bias,
-                     const Sparse24CudaWeight& w, void* stream);
+                     const Sparse24CudaWeight& w, void* stream, S24Path path = S24Path::automatic);
+// dense[rows, cols] (row-major, weight dtype; fp32 too) = W.
+void sparse24_to_dense(void* dense, const Sparse24CudaWeight& w, void* stream);
 
 }  // namespace sparseinfer::cuda

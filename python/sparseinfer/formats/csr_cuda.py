@@ -79,7 +79,16 @@ def cells(p: CsrCudaPacked, rows: int, cols: int) -> tuple[torch.Tensor, torch.T
 
 
 def dense_on_device(p: CsrCudaPacked, rows: int, cols: int) -> torch.Tensor:
-    """The dense [rows, cols] weight built where the layout lives, without a host sync."""
+    """The dense [rows, cols] weight built where the layout lives, without a host sync
+    (a native kernel on CUDA; torch ops elsewhere, e.g. to test the layout on the CPU)."""
+    from .._native import DTYPE_CODES, _cuda
+    if p.values.is_cuda and _cuda is not None:
+        dense = torch.empty(rows, cols, dtype=p.values.dtype, device=p.values.device)
+        with torch.cuda.device(p.values.device):
+            _cuda.csr_to_dense(dense.data_ptr(), DTYPE_CODES[p.values.dtype], rows, cols,
+                               p.values.data_ptr(), p.index.data_ptr(), p.seg_ptr.data_ptr(),
+                               torch.cuda.current_stream().cuda_stream)
+        return dense
     segs = segments(cols)
     key = _entry_keys(p, rows, segs)
     idx = p.index[: p.entries].to(torch.int64) & 0xFFFF

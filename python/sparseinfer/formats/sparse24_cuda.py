@@ -86,7 +86,16 @@ def slots(p: Sparse24CudaPacked, rows: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def dense_on_device(p: Sparse24CudaPacked, rows: int, cols: int) -> torch.Tensor:
-    """The dense [rows, cols] weight built where the layout lives, without a host sync."""
+    """The dense [rows, cols] weight built where the layout lives, without a host sync
+    (a native kernel on CUDA; torch ops elsewhere, e.g. to test the layout on the CPU)."""
+    from .._native import DTYPE_CODES, _cuda
+    if p.values.is_cuda and _cuda is not None:
+        dense = torch.empty(rows, cols, dtype=p.values.dtype, device=p.values.device)
+        with torch.cuda.device(p.values.device):
+            _cuda.sparse24_to_dense(dense.data_ptr(), DTYPE_CODES[p.values.dtype], rows, cols,
+                                    p.values.data_ptr(), p.meta.data_ptr(),
+                                    torch.cuda.current_stream().cuda_stream)
+        return dense
     sv, sp = slots(p, rows)
     cols_of = (torch.arange(sv.shape[1], device=sv.device) // 2) * 4 + sp
     dense = torch.zeros(rows, sv.shape[1] * 2, dtype=sv.dtype, device=sv.device)
