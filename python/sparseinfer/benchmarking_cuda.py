@@ -48,6 +48,12 @@ class _Timer:
     def median_ms(self, fn: Callable[[], object], reps: int) -> float:
         fn()
         torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        reps = max(5, min(reps, int(200 / max(start.elapsed_time(end), 1e-3))))  # ~0.2 s per median
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                   for _ in range(reps)]
         for start, end in events:

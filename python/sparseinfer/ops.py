@@ -25,7 +25,7 @@ from .formats.sparse24_cuda import Sparse24CudaPacked
 # (fp16/bf16): the split-K tensor-core kernel up to S24_CUDA_SPLITK_MAX_M, the tiled one up to
 # S24_CUDA_TILED_MAX_M, else expand + cuBLAS; fp32 always expands (sparse tensor cores take
 # 16-bit operands).
-CSR_CUDA_MAX_M = 64
+CSR_CUDA_MAX_M = 32
 S24_CUDA_SPLITK_MAX_M = 64
 S24_CUDA_TILED_MAX_M = 1 << 62
 _S24_NATIVE_PATHS = {"mma_sp_splitk": 1, "mma_sp_tiled": 2}
