@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .benchmarking import machine_info, sparse_weight
+from .benchmarking import grid_size, machine_info, sparse_weight  # noqa: F401 (grid_size: CLI)
 
 DEFAULT_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (8192, 8192))
 DEFAULT_SPARSITIES = (0.7, 0.9)
@@ -116,11 +116,6 @@ def run_grid(formats: Iterable[str], shapes: Iterable[tuple[int, int]], sparsiti
                         progress(results[-1])
                 del dense_w, packed, torch_fn
     return results
-
-
-def grid_size(formats, shapes, sparsities, ms) -> int:
-    per_shape = sum(len(sparsities) if f == "csr" else 1 for f in formats)
-    return per_shape * len(shapes) * len(ms)
 
 
 def format_table(results: list[CudaLinearResult]) -> str:

@@ -26,9 +26,8 @@ from .formats.sparse24_cuda import Sparse24CudaPacked
 # S24_CUDA_TILED_MAX_M, else expand + cuBLAS; fp32 always expands (sparse tensor cores take
 # 16-bit operands).
 CSR_CUDA_MAX_M = 32
-S24_CUDA_SPLITK_MAX_M = 64
+S24_CUDA_SPLITK_MAX_M = _cuda.build_info()["s24_split_max_m"] if _cuda is not None else 64  # one source: the C++ dispatch
 S24_CUDA_TILED_MAX_M = 1 << 62
-_S24_NATIVE_PATHS = {"mma_sp_splitk": 1, "mma_sp_tiled": 2}
 
 __all__ = ["csr_linear", "csr_linear_path", "sparse24_linear", "sparse24_linear_path"]
 
@@ -302,10 +301,10 @@ def _csr_linear_cuda(x: torch.Tensor, weight: CSR, bias: Optional[torch.Tensor])
 
 
 def _sparse24_linear_cuda_native(x, values, meta, bias, rows: int, cols: int, path: int = 0) -> torch.Tensor:
+    """path: 0 lets the native dispatch choose (split-K up to S24_CUDA_SPLITK_MAX_M), 1 forces
+    split-K, 2 the tiled kernel (measurements and tests)."""
     m = x.shape[0]
     y = torch.empty(m, rows, dtype=x.dtype, device=x.device)
-    if path == 0:
-        path = 1 if m <= S24_CUDA_SPLITK_MAX_M else 2
     with _on_device(x.device):
         _cuda.sparse24_linear(m, _ptr(x), x.shape[1], _ptr(y), _ptr(bias), DTYPE_CODES[values.dtype],
                               rows, cols, _ptr(values), _ptr(meta), _stream(x.device), path)
