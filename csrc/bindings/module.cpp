@@ -3,11 +3,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
 #include "sparseinfer/cpu_features.h"
 #include "sparseinfer/csr_linear.h"
+#include "sparseinfer/int8_linear.h"
 #include "sparseinfer/sparse24_linear.h"
 #include "sparseinfer/thread_pool.h"
 
@@ -57,7 +59,7 @@ py::dict cpu_features_dict() {
   SI_FEATURE(avx512f); SI_FEATURE(avx512bw); SI_FEATURE(avx512vl); SI_FEATURE(avx512dq);
   SI_FEATURE(avx512_vnni); SI_FEATURE(avx512_bf16); SI_FEATURE(avx512_fp16);
   SI_FEATURE(amx_tile); SI_FEATURE(amx_int8); SI_FEATURE(amx_bf16);
-  SI_FEATURE(os_avx); SI_FEATURE(os_avx512); SI_FEATURE(os_amx);
+  SI_FEATURE(os_avx); SI_FEATURE(os_avx512); SI_FEATURE(os_amx); SI_FEATURE(amx_permitted);
 #undef SI_FEATURE
   return d;
 }
@@ -92,6 +94,9 @@ PYBIND11_MODULE(_C, m) {
     d["row_block"] = kRowBlock;
     d["values_pad"] = kValuesPad;
     d["sparse24_chunk_cols"] = kS24ChunkCols;
+    d["int8_row_block"] = kInt8RowBlock;
+    d["int8_k_block"] = kInt8KBlock;
+    d["int8_max_cols"] = kInt8MaxCols;
     return d;
   });
 
@@ -157,6 +162,65 @@ PYBIND11_MODULE(_C, m) {
       py::arg("cols"), py::arg("values"), py::arg("meta"), py::arg("num_threads"));
   m.def("sparse24_linear_path", [](int64_t m_tokens) { return std::string(sparse24_linear_path(m_tokens)); },
         py::arg("m"));
+
+  m.def(
+      "int8_linear",
+      [](int64_t m_tokens, uintptr_t x, uintptr_t y, uintptr_t bias, int dtype, int64_t rows,
+         int64_t cols, uintptr_t qweight, uintptr_t wsum, uintptr_t scales, int64_t groups,
+         int64_t group_size, int act, int num_threads) {
+        constexpr const char* op = "int8_linear";
+        require(m_tokens >= 0, "negative number of tokens", op);
+        require(num_threads >= 1, "num_threads must be >= 1", op);
+        require(rows >= 0 && cols >= 0 && cols <= kInt8MaxCols,
+                "weight shape out of range (in_features <= " + std::to_string(kInt8MaxCols) + ")", op);
+        require(act == 0 || act == 1, "act code must be 0 (none) or 1 (dynamic)", op);
+        Int8LinearCall call;
+        PackedInt8& w = call.w;
+        w.rows = rows;
+        w.cols = cols;
+        w.row_blocks = (rows + kInt8RowBlock - 1) / kInt8RowBlock;
+        w.kp = (cols + kInt8KBlock - 1) / kInt8KBlock * kInt8KBlock;
+        w.groups = groups;
+        w.group_size = group_size;
+        require(groups == 1 || (group_size >= 32 && group_size % 32 == 0 &&
+                                groups == (cols + group_size - 1) / group_size),
+                "groups must be 1 or ceil(cols / group_size) with group_size a multiple of 32", op);
+        require(rows == 0 || (qweight && wsum && scales), "null weight pointer", op);
+        w.qweight = ptr<const int8_t>(qweight);
+        w.wsum = ptr<const int32_t>(wsum);
+        w.scales = ptr<const float>(scales);
+        call.m = m_tokens;
+        require(m_tokens == 0 || rows == 0 || (y && (x || cols == 0)), "null activation/output pointer", op);
+        call.x = ptr<const void>(x);
+        call.act = static_cast<Int8Act>(act);
+        call.out.y = ptr<void>(y);
+        call.out.bias = ptr<const void>(bias);
+        call.out.dtype = dtype_from_code(dtype, op);
+        py::gil_scoped_release release;
+        int8_linear(call, num_threads);
+      },
+      py::arg("m"), py::arg("x"), py::arg("y"), py::arg("bias"), py::arg("dtype"), py::arg("rows"),
+      py::arg("cols"), py::arg("qweight"), py::arg("wsum"), py::arg("scales"), py::arg("groups"),
+      py::arg("group_size"), py::arg("act"), py::arg("num_threads"));
+  m.def(
+      "int8_linear_path",
+      [](int act, int64_t m_tokens, int64_t groups, int64_t group_size) {
+        require(act == 0 || act == 1, "act code must be 0 (none) or 1 (dynamic)", "int8_linear_path");
+        return std::string(int8_linear_path(static_cast<Int8Act>(act), m_tokens, groups, group_size));
+      },
+      py::arg("act"), py::arg("m"), py::arg("groups"), py::arg("group_size"));
+  m.def(
+      "quantize_rows_int8",
+      [](int dtype, uintptr_t x, int64_t m_tokens, int64_t cols, int64_t stride, uintptr_t q, uintptr_t scale) {
+        constexpr const char* op = "quantize_rows_int8";
+        require(m_tokens >= 0 && cols >= 0 && stride >= cols, "bad sizes", op);
+        require(m_tokens == 0 || (q && scale && (x || cols == 0)), "null pointer", op);
+        DType dt = dtype_from_code(dtype, op);
+        py::gil_scoped_release release;
+        quantize_rows_int8(dt, ptr<const void>(x), m_tokens, cols, stride, ptr<int8_t>(q), ptr<float>(scale));
+      },
+      py::arg("dtype"), py::arg("x"), py::arg("m"), py::arg("cols"), py::arg("stride"), py::arg("q"),
+      py::arg("scale"));
 
   // Fail at import, loudly, if SPARSEINFER_CPU_ISA names an ISA this CPU lacks.
   cpu::active_isa();

@@ -17,6 +17,7 @@ from ._native import _C, DTYPE_CODES, PANEL_COLS, ROW_BLOCK, SPARSE24_CHUNK_COLS
 from .formats import csr_cuda, sparse24_cuda
 from .formats.csr import CSR
 from .formats.csr_cuda import CsrCudaPacked
+from .formats.int8 import Int8
 from .formats.sparse24 import Sparse24
 from .formats.sparse24_cuda import Sparse24CudaPacked
 
@@ -29,7 +30,8 @@ CSR_CUDA_MAX_M = 32
 S24_CUDA_SPLITK_MAX_M = _cuda.build_info()["s24_split_max_m"] if _cuda is not None else 64  # one source: the C++ dispatch
 S24_CUDA_TILED_MAX_M = 1 << 62
 
-__all__ = ["csr_linear", "csr_linear_path", "sparse24_linear", "sparse24_linear_path"]
+__all__ = ["csr_linear", "csr_linear_path", "sparse24_linear", "sparse24_linear_path",
+           "int8_linear", "int8_linear_path", "INT8_ACTS"]
 
 
 def _check_tensor(name: str, t, dtype: torch.dtype, device: Optional[torch.device] = None) -> None:
@@ -226,6 +228,98 @@ def sparse24_linear_path(m: int, weight: Optional[Sparse24] = None) -> str:
             return "dense_expand"
         return "mma_sp_splitk" if m <= S24_CUDA_SPLITK_MAX_M else "mma_sp_tiled"
     return _C.sparse24_linear_path(int(m))
+
+
+# ---------------------------------------------------------------------------------- int8
+INT8_ACTS = {"none": 0, "dynamic": 1}
+
+
+def _int8_act_code(act) -> int:
+    if act not in INT8_ACTS:
+        raise ValueError(f"act must be one of {tuple(INT8_ACTS)}, got {act!r}")
+    return INT8_ACTS[act]
+
+
+def _int8_linear_native(x, qweight, wsum, scales, bias, rows: int, cols: int, group_size: int,
+                        act: str) -> torch.Tensor:
+    m = x.shape[0]
+    y = torch.empty(m, rows, dtype=x.dtype)
+    _C.int8_linear(m, _ptr(x), _ptr(y), _ptr(bias), DTYPE_CODES[x.dtype], rows, cols, _ptr(qweight),
+                   _ptr(wsum), _ptr(scales), scales.shape[1], group_size, INT8_ACTS[act],
+                   torch.get_num_threads())
+    return y
+
+
+@torch.library.custom_op("sparseinfer::int8_linear", mutates_args=())
+def _int8_linear_op(x: torch.Tensor, qweight: torch.Tensor, wsum: torch.Tensor, scales: torch.Tensor,
+                    bias: Optional[torch.Tensor], rows: int, cols: int, group_size: int,
+                    act: str) -> torch.Tensor:
+    """y[m, rows] = x[m, cols] @ W.T + bias for a packed int8 weight (see formats/int8.py);
+    group_size 0 means per channel; act "dynamic" (W8A8) or "none" (weight-only)."""
+    _check_int8_raw(x, qweight, wsum, scales, bias, rows, cols, group_size, act)
+    return _int8_linear_native(x, qweight, wsum, scales, bias, rows, cols, group_size, act)
+
+
+@_int8_linear_op.register_fake
+def _(x, qweight, wsum, scales, bias, rows, cols, group_size, act):
+    return x.new_empty(x.shape[0], rows)
+
+
+def _check_int8_raw(x, qweight, wsum, scales, bias, rows, cols, group_size, act) -> None:
+    """Shape/dtype guards for direct callers of torch.ops.sparseinfer.int8_linear. Any int8
+    content is memory-safe and any wsum/scale only changes values, so shapes are all it takes."""
+    from .formats import int8 as fmt
+    _int8_act_code(act)
+    if rows < 0 or cols < 0 or cols > fmt.MAX_COLS:
+        raise ValueError(f"rows/cols must be non-negative and cols <= {fmt.MAX_COLS}, got {rows}, {cols}")
+    if group_size:
+        fmt.check_group_size(group_size)
+    groups = 1 if not group_size else max(1, -(-cols // group_size))
+    if x.dtype not in DTYPE_CODES:
+        raise ValueError(f"x dtype must be one of {tuple(DTYPE_CODES)}, got {x.dtype}")
+    _check_tensor("x", x, x.dtype)
+    if x.dim() != 2 or x.shape[1] != cols:
+        raise ValueError(f"x must be [m, {cols}], got {tuple(x.shape)}")
+    rb, kp = -(-rows // fmt.ROW_BLOCK), -(-cols // fmt.K_BLOCK) * fmt.K_BLOCK
+    for name, t, dtype, shape in (("qweight", qweight, torch.int8, (rb, kp // 4, fmt.ROW_BLOCK, 4)),
+                                  ("wsum", wsum, torch.int32, (rb, groups, fmt.ROW_BLOCK)),
+                                  ("scales", scales, torch.float32, (rb, groups, fmt.ROW_BLOCK))):
+        _check_tensor(name, t, dtype)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if bias is not None:
+        _check_tensor("bias", bias, x.dtype)
+        if bias.shape != (rows,):
+            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+
+
+def int8_linear(x: torch.Tensor, weight: Int8, bias: Optional[torch.Tensor] = None,
+                act: str = "dynamic") -> torch.Tensor:
+    """y = x @ W.T + bias with W an :class:`~sparseinfer.formats.Int8` of shape [out, in].
+
+    act="dynamic" (W8A8): every token of x is quantized to int8 inside the call (symmetric, per
+    token), dot products run in int32 and dequantization + bias are fused; the result is
+    bit-identical to reference.int8_linear on every ISA tier. act="none" (weight-only): the int8
+    weights are dequantized in registers and multiplied with x in fp32 (best for small m).
+
+    x: [..., in] contiguous CPU tensor in the weight's activation dtype (``weight.dtype``: fp32,
+    bf16 or fp16); any number of leading dims, including zero tokens. Returns [..., out] in x's dtype.
+    """
+    if not isinstance(weight, Int8):
+        raise ValueError(f"weight must be a sparseinfer.formats.Int8, got {type(weight).__name__}")
+    _int8_act_code(act)
+    _check_activation(x, bias, weight)
+    p = weight.packed
+    op = _int8_linear_op if torch.compiler.is_compiling() else _int8_linear_native
+    y = op(x.reshape(math.prod(x.shape[:-1]), weight.cols), p.qweight, p.wsum, p.scales, bias,
+           weight.rows, weight.cols, weight.group_size or 0, act)
+    return y.reshape(*x.shape[:-1], weight.rows)
+
+
+def int8_linear_path(weight: Int8, m: int, act: str = "dynamic") -> str:
+    """Which kernel path int8_linear takes for m tokens on the active ISA tier: amx_tiles,
+    vnni_rows, avx2_rows or reference for act="dynamic"; dequant_rows for act="none"."""
+    return _C.int8_linear_path(_int8_act_code(act), int(m), weight.groups, weight.group_size or 0)
 
 
 # ---------------------------------------------------------------------------------- CUDA

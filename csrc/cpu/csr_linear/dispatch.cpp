@@ -23,6 +23,8 @@ constexpr int64_t kRowPanelCost = 2;
 const CsrKernels& kernels_for(cpu::Isa isa) {
   switch (isa) {
 #if SPARSEINFER_X86
+    case cpu::Isa::amx:
+    case cpu::Isa::avx512_vnni:
     case cpu::Isa::avx512: return csr_kernels_avx512;
     case cpu::Isa::avx2: return csr_kernels_avx2;
 #endif

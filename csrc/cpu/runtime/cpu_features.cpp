@@ -7,6 +7,10 @@
 #if SPARSEINFER_X86
 #include <cpuid.h>
 #endif
+#if SPARSEINFER_X86 && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace sparseinfer::cpu {
 namespace {
@@ -16,6 +20,19 @@ uint64_t read_xcr0() {
   uint32_t eax, edx;
   __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
   return (static_cast<uint64_t>(edx) << 32) | eax;
+}
+
+// Linux hands out AMX tile state only on request (once per process, inherited by threads).
+bool request_amx() {
+#if defined(__linux__)
+  constexpr long kArchGetXcompPerm = 0x1022, kArchReqXcompPerm = 0x1023, kXfeatureTileData = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) != 0) return false;
+  unsigned long bitmask = 0;
+  if (syscall(SYS_arch_prctl, kArchGetXcompPerm, &bitmask) != 0) return false;
+  return bitmask & (1ul << kXfeatureTileData);
+#else
+  return false;
+#endif
 }
 
 CpuFeatures detect() {
@@ -46,6 +63,7 @@ CpuFeatures detect() {
     f.amx_int8 = d & (1u << 25);
   }
   if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = a & (1u << 5);
+  if (f.os_amx && f.amx_tile && f.amx_int8) f.amx_permitted = request_amx();
   return f;
 }
 #else
@@ -60,6 +78,8 @@ bool cpu_has(Isa isa) {
     case Isa::avx512:
       return cpu_has(Isa::avx2) && f.os_avx512 && f.avx512f && f.avx512bw && f.avx512vl &&
              f.avx512dq;
+    case Isa::avx512_vnni: return cpu_has(Isa::avx512) && f.avx512_vnni;
+    case Isa::amx: return cpu_has(Isa::avx512_vnni) && f.amx_tile && f.amx_int8 && f.amx_permitted;
   }
   return false;
 }
@@ -92,6 +112,8 @@ const char* isa_name(Isa isa) {
     case Isa::reference: return "reference";
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
+    case Isa::avx512_vnni: return "avx512_vnni";
+    case Isa::amx: return "amx";
   }
   return "unknown";
 }

@@ -19,6 +19,8 @@ constexpr int64_t kRowGrain = 16;
 const Sparse24Kernels& kernels_for(cpu::Isa isa) {
   switch (isa) {
 #if SPARSEINFER_X86
+    case cpu::Isa::amx:
+    case cpu::Isa::avx512_vnni:
     case cpu::Isa::avx512: return sparse24_kernels_avx512;
     case cpu::Isa::avx2: return sparse24_kernels_avx2;
 #endif

@@ -5,8 +5,11 @@
 namespace sparseinfer::cpu {
 
 // Ordered: a tier may only be forced down to a lower one the CPU supports.
-enum class Isa : int { reference = 0, avx2 = 1, avx512 = 2 };
-constexpr int kIsaCount = 3;
+// avx512_vnni adds vpdpbusd (int8 dot products); amx adds AMX-INT8 tiles, after the Linux
+// permission request (arch_prctl ARCH_REQ_XCOMP_PERM) succeeded. Formats without int8 kernels
+// run their avx512 kernels on these two tiers.
+enum class Isa : int { reference = 0, avx2 = 1, avx512 = 2, avx512_vnni = 3, amx = 4 };
+constexpr int kIsaCount = 5;
 
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false, bmi2 = false, popcnt = false;
@@ -14,6 +17,7 @@ struct CpuFeatures {
   bool avx512_vnni = false, avx512_bf16 = false, avx512_fp16 = false;
   bool amx_tile = false, amx_int8 = false, amx_bf16 = false;
   bool os_avx = false, os_avx512 = false, os_amx = false;  // XCR0 state enabled by the OS
+  bool amx_permitted = false;  // Linux granted this process AMX tile data (asked once)
 };
 
 const CpuFeatures& cpu_features();
@@ -22,6 +26,8 @@ Isa isa_from_name(const std::string& name);  // throws std::invalid_argument
 bool isa_compiled(Isa isa);                  // built into this binary
 bool isa_supported(Isa isa);                 // compiled and runnable on this CPU
 Isa best_isa();
+// True if `active` is `tier` or above (kernels of lower tiers run on higher ones).
+inline bool at_least(Isa active, Isa tier) { return static_cast<int>(active) >= static_cast<int>(tier); }
 Isa active_isa();
 void set_active_isa(Isa isa);  // throws std::runtime_error if the CPU lacks it
 

@@ -1,6 +1,7 @@
 """Weight formats: pack from dense, unpack to dense, validate untrusted data."""
 from .csr import CSR
 from .errors import FormatError
+from .int8 import Int8
 from .sparse24 import Not24Error, Sparse24
 
-__all__ = ["CSR", "Sparse24", "FormatError", "Not24Error"]
+__all__ = ["CSR", "Int8", "Sparse24", "FormatError", "Not24Error"]

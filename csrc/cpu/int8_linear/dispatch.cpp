@@ -1,0 +1,119 @@
+// Threaded driver for int8_linear: chooses the ISA tier and the path, quantizes (W8A8) or
+// converts (weight-only) x once per call, and splits row blocks evenly across threads.
+#include "../driver_common.h"
+#include "common.h"
+#include "sparseinfer/cpu_features.h"
+#include "sparseinfer/thread_pool.h"
+
+namespace sparseinfer {
+namespace {
+
+// Multiply-adds below which a call stays on one thread.
+constexpr int64_t kMinWorkPerThread = 1 << 18;
+constexpr int64_t kTileTokens = 16;
+
+const Int8Kernels& kernels_for(cpu::Isa isa) {
+  switch (isa) {
+#if SPARSEINFER_X86
+    case cpu::Isa::amx: return int8_kernels_amx;
+    case cpu::Isa::avx512_vnni: return int8_kernels_avx512_vnni;
+    case cpu::Isa::avx512:  // AVX-512 without VNNI has no int8 dot product beyond AVX2's
+    case cpu::Isa::avx2: return int8_kernels_avx2;
+#endif
+    default: return int8_kernels_reference;
+  }
+}
+
+bool use_tiles(const Int8Kernels& k, int64_t m, int64_t groups, int64_t group_size) {
+  return k.dynamic_tiles != nullptr && m >= k.tiles_min_m &&
+         (groups == 1 || group_size % kInt8KBlock == 0);
+}
+
+// body(rb0, rb1) on each task's share of row blocks, split in units of `grain` blocks.
+template <class F>
+void run_row_blocks(const PackedInt8& w, int64_t m, int num_threads, int64_t grain, F&& body) {
+  const int64_t units = (w.row_blocks + grain - 1) / grain;
+  const int64_t work = w.rows * w.kp * m;
+  const int tasks = static_cast<int>(std::min<int64_t>(
+      {int64_t(num_threads), units, std::max<int64_t>(1, work / kMinWorkPerThread)}));
+  cpu::parallel_for_tasks(tasks, [&](int t, int n) {
+    const int64_t rb0 = std::min(w.row_blocks, units * t / n * grain);
+    const int64_t rb1 = std::min(w.row_blocks, units * (t + 1) / n * grain);
+    if (rb0 < rb1) body(rb0, rb1);
+  });
+}
+
+}  // namespace
+
+const char* int8_linear_path(Int8Act act, int64_t m, int64_t groups, int64_t group_size) {
+  const Int8Kernels& k = kernels_for(cpu::active_isa());
+  if (act == Int8Act::none) return "dequant_rows";
+  if (use_tiles(k, m, groups, group_size)) return "amx_tiles";
+  switch (cpu::active_isa()) {
+    case cpu::Isa::reference: return "reference";
+    case cpu::Isa::avx2:
+    case cpu::Isa::avx512: return "avx2_rows";
+    default: return "vnni_rows";
+  }
+}
+
+void quantize_rows_int8(DType dtype, const void* x, int64_t m, int64_t cols, int64_t stride,
+                        int8_t* q, float* scale) {
+  const Int8Kernels& k = kernels_for(cpu::active_isa());
+  const int64_t row_bytes = cols * dtype_size(dtype);
+  for (int64_t t = 0; t < m; ++t) {
+    k.quantize_row(dtype, static_cast<const char*>(x) + t * row_bytes, cols, stride, q + t * stride, scale + t);
+    if (k.u8_acts)
+      for (int64_t c = 0; c < stride; ++c) q[t * stride + c] = static_cast<int8_t>(q[t * stride + c] ^ 0x80);
+  }
+}
+
+void int8_linear(const Int8LinearCall& call, int num_threads) {
+  const PackedInt8& w = call.w;
+  const int64_t m = call.m;
+  if (m == 0 || w.rows == 0) return;
+  const Int8Kernels& k = kernels_for(cpu::active_isa());
+
+  if (call.act == Int8Act::none) {
+    float* x = scratch_floats(kDriverScratch, m * w.kp);
+    rows_to_f32(call.out.dtype, call.x, m, w.cols, w.kp, x);
+    run_row_blocks(w, m, num_threads, 1, [&](int64_t rb0, int64_t rb1) {
+      k.weight_only(w, x, 0, m, rb0, rb1, call.out);
+    });
+    return;
+  }
+
+  // Quantize every token once (rows padded to whole tiles of 16 for the AMX kernel).
+  const bool tiles = use_tiles(k, m, w.groups, w.group_size);
+  const int64_t m_p = (m + kTileTokens - 1) / kTileTokens * kTileTokens;
+  float* buffer = scratch_floats(kDriverScratch, m_p + m_p * w.kp / 4);
+  QuantizedActs acts;
+  acts.scale = buffer;
+  acts.q = reinterpret_cast<const int8_t*>(buffer + m_p);
+  acts.stride = w.kp;
+  int8_t* q = reinterpret_cast<int8_t*>(buffer + m_p);
+  const int64_t row_bytes = w.cols * dtype_size(call.out.dtype);
+  const int qtasks = static_cast<int>(std::min<int64_t>(num_threads, std::max<int64_t>(1, m * w.cols / (1 << 16))));
+  cpu::parallel_for_tasks(qtasks, [&](int t, int n) {
+    for (int64_t row = m_p * t / n; row < m_p * (t + 1) / n; ++row) {
+      if (row < m) {
+        k.quantize_row(call.out.dtype, static_cast<const char*>(call.x) + row * row_bytes, w.cols, w.kp,
+                       q + row * w.kp, buffer + row);
+      } else {
+        std::fill(q + row * w.kp, q + (row + 1) * w.kp, int8_t(0));
+        buffer[row] = 0.f;
+      }
+    }
+  });
+  if (tiles) {
+    run_row_blocks(w, m, num_threads, 2, [&](int64_t rb0, int64_t rb1) {
+      k.dynamic_tiles(w, acts, 0, m, rb0, rb1, call.out);
+    });
+  } else {
+    run_row_blocks(w, m, num_threads, 1, [&](int64_t rb0, int64_t rb1) {
+      k.dynamic_rows(w, acts, 0, m, rb0, rb1, call.out);
+    });
+  }
+}
+
+}  // namespace sparseinfer

@@ -1,0 +1,266 @@
+"""int8 weights: symmetric quantization with per-output-channel or per-group scales, packed once
+for the CPU kernels.
+
+Quantization (``from_dense``): for every row r (and group g of ``group_size`` consecutive input
+columns, or the whole row), ``scale = max|w| / 127`` rounded to the weight's dtype (so a
+checkpoint storing scales in the model dtype, as compressed-tensors does, is lossless) and
+``q = clamp(round(w / scale), -127, 127)``; a group of zeros gets scale 0. Dequantized:
+``w ~ q * scale``, error at most scale / 2 per weight. Loaded weights (``from_quantized``) may
+use the full range -128..127.
+
+Canonical form (checkpoints; the compressed-tensors ``int-quantized`` layout): ``qweight`` int8
+[rows, cols] and ``scale`` [rows, groups] (groups = 1 per channel, else ceil(cols / group_size)).
+
+Kernel form (see csrc/include/sparseinfer/int8_linear.h): rows padded to blocks of 16 and columns
+to blocks of 64; ``qweight`` int8 [rows_p/16, kp/4, 16, 4] (every 4 input columns of 16 rows in
+one 64-byte line, a VNNI operand and an AMX tile row); ``wsum`` int32 [rows_p/16, groups, 16]
+(row sums per group, for the u8 x s8 compensation) and ``scales`` fp32 [rows_p/16, groups, 16].
+The object also carries the float dtype of the activations it multiplies (``dtype``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .._native import _C, FLOAT_DTYPES
+from .base import PackedWeight
+from .errors import FormatError
+
+ROW_BLOCK = _C.build_info()["int8_row_block"]
+K_BLOCK = _C.build_info()["int8_k_block"]
+MAX_COLS = _C.build_info()["int8_max_cols"]
+GROUP_MULTIPLE = 32  # group sizes are multiples of 32 (8 VNNI K-quads); AMX tiles use multiples of 64
+QMAX = 127
+
+
+def _fail(name: str, message: str) -> None:
+    raise FormatError(f"Int8 {name}: {message}")
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def check_group_size(group_size: Optional[int]) -> None:
+    if group_size is None:
+        return
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < GROUP_MULTIPLE \
+            or group_size % GROUP_MULTIPLE:
+        raise ValueError(f"group_size must be None (per channel) or a positive multiple of "
+                         f"{GROUP_MULTIPLE} (e.g. 32, 64, 128), got {group_size!r}")
+
+
+def _groups(cols: int, group_size: Optional[int]) -> int:
+    return 1 if group_size is None else max(1, _ceil(cols, group_size))
+
+
+def _by_group(t: torch.Tensor, groups: int, group_size: Optional[int]) -> torch.Tensor:
+    """[rows, cols] -> [rows, groups, width] zero-padded (width = cols when per channel)."""
+    rows, cols = t.shape
+    width = cols if group_size is None else group_size
+    padded = torch.zeros(rows, groups * width, dtype=t.dtype)
+    padded[:, :cols] = t
+    return padded.view(rows, groups, width)
+
+
+def _blocked(t: torch.Tensor, rows_p: int) -> torch.Tensor:
+    """[rows, groups] -> [rows_p/16, groups, 16] (padding rows zero)."""
+    padded = torch.zeros(rows_p, t.shape[1], dtype=t.dtype)
+    padded[: t.shape[0]] = t
+    return padded.view(rows_p // ROW_BLOCK, ROW_BLOCK, t.shape[1]).transpose(1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class _Packed:
+    qweight: torch.Tensor  # int8 [rows_p/16, kp/4, 16, 4]
+    wsum: torch.Tensor     # int32 [rows_p/16, groups, 16]
+    scales: torch.Tensor   # fp32 [rows_p/16, groups, 16]
+
+
+class Int8(PackedWeight):
+    """A symmetric int8 [rows, cols] weight (rows = out_features) with fp32 scales per output
+    channel or per group of input columns, for activations of float ``dtype``.
+
+    Build with :meth:`from_dense` (quantizes) or :meth:`from_quantized` (validates untrusted
+    int8 data and scales).
+    """
+
+    __slots__ = ("group_size", "_dtype")
+
+    def __init__(self, shape, nnz: int, packed: _Packed, group_size: Optional[int], dtype: torch.dtype):
+        super().__init__(shape, nnz, packed)
+        self.group_size = group_size
+        self._dtype = dtype
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, group_size: Optional[int] = None) -> "Int8":
+        """Quantize a dense float weight [out, in] (see the module docstring); activations will
+        be expected in the weight's dtype (change with ``.to(dtype)``)."""
+        if isinstance(weight, torch.Tensor) and weight.device.type == "cuda":
+            raise ValueError("Int8 weights run on the CPU for now; pass a CPU weight")
+        weight = cls._checked_dense(weight)
+        check_group_size(group_size)
+        rows, cols = weight.shape
+        cls._check_cols(cols)
+        groups = _groups(cols, group_size)
+        w = _by_group(weight.float(), groups, group_size)
+        scale = (w.abs().amax(-1) / QMAX if w.numel() else torch.zeros(rows, groups))
+        scale = scale.to(weight.dtype).float()  # representable in the model dtype: lossless checkpoints
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        q = torch.round(w / safe.unsqueeze(-1)).clamp_(-QMAX, QMAX).to(torch.int8)
+        q = q.view(rows, -1)[:, :cols]
+        return cls._pack(q, scale, group_size, weight.dtype)
+
+    @classmethod
+    def from_quantized(cls, qweight: torch.Tensor, scale: torch.Tensor, group_size: Optional[int] = None,
+                       dtype: Optional[torch.dtype] = None) -> "Int8":
+        """Pack canonical arrays after validating them (safe on untrusted data): ``qweight`` int8
+        [rows, cols], ``scale`` float [rows], [rows, 1] or [rows, groups]. ``dtype`` is the
+        activation dtype (default: the scale's dtype)."""
+        scale = cls.validate_quantized(qweight, scale, group_size)
+        dtype = scale.dtype if dtype is None else dtype
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+        return cls._pack(qweight, scale.float(), group_size, dtype)
+
+    @staticmethod
+    def _check_cols(cols: int) -> None:
+        if cols > MAX_COLS:
+            raise ValueError(f"in_features {cols} exceeds {MAX_COLS}, the most the int32 dot "
+                             "products hold without overflow")
+
+    @classmethod
+    def validate_quantized(cls, qweight, scale, group_size: Optional[int]) -> torch.Tensor:
+        """Prove canonical arrays are well formed; returns scale as [rows, groups] or raises
+        FormatError."""
+        for name, t in (("qweight", qweight), ("scale", scale)):
+            if not isinstance(t, torch.Tensor):
+                _fail(name, f"must be a torch.Tensor, got {type(t).__name__}")
+            if t.device.type != "cpu":
+                _fail(name, f"must be on the CPU, got {t.device}")
+        if qweight.dtype != torch.int8 or qweight.dim() != 2:
+            _fail("qweight", f"must be a 2-D int8 tensor, got {qweight.dtype} of shape {tuple(qweight.shape)}")
+        try:
+            check_group_size(group_size)
+        except ValueError as exc:
+            _fail("group_size", str(exc))
+        rows, cols = qweight.shape
+        if cols > MAX_COLS:
+            _fail("qweight", f"in_features {cols} exceeds {MAX_COLS} (int32 accumulation limit)")
+        groups = _groups(cols, group_size)
+        if scale.dtype not in FLOAT_DTYPES:
+            _fail("scale", f"dtype must be one of {FLOAT_DTYPES}, got {scale.dtype}")
+        if scale.dim() == 1:
+            scale = scale.unsqueeze(-1)
+        if tuple(scale.shape) != (rows, groups):
+            _fail("scale", f"shape must be {(rows, groups)} (or {(rows,)} per channel) for a "
+                  f"{rows}x{cols} weight with group_size={group_size}, got {tuple(scale.shape)}")
+        bad = ~torch.isfinite(scale) | (scale < 0)
+        if bool(bad.any()):
+            r, g = (int(v) for v in bad.nonzero()[0])
+            _fail("scale", f"row {r}, group {g} is {float(scale[r, g])}; scales must be finite and >= 0")
+        return scale
+
+    @classmethod
+    def _pack(cls, q: torch.Tensor, scale: torch.Tensor, group_size: Optional[int], dtype) -> "Int8":
+        """q int8 [rows, cols], scale fp32 [rows, groups] -> kernel form."""
+        rows, cols = q.shape
+        groups = scale.shape[1]
+        rows_p, kp = _ceil(rows, ROW_BLOCK) * ROW_BLOCK, _ceil(cols, K_BLOCK) * K_BLOCK
+        padded = torch.zeros(rows_p, kp, dtype=torch.int8)
+        padded[:rows, :cols] = q
+        qweight = padded.view(rows_p // ROW_BLOCK, ROW_BLOCK, kp // 4, 4).transpose(1, 2).contiguous()
+        wsum = _by_group(q.to(torch.int32), groups, group_size).sum(-1, dtype=torch.int32)
+        packed = _Packed(qweight, _blocked(wsum, rows_p), _blocked(scale.float().contiguous(), rows_p))
+        return cls((rows, cols), int((q != 0).sum()), packed, group_size, dtype)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def dtype(self) -> torch.dtype:
+        """The float dtype of the activations (and outputs) this weight multiplies."""
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._p.qweight.device
+
+    @property
+    def groups(self) -> int:
+        return self._p.scales.shape[1]
+
+    @property
+    def bits(self) -> int:
+        return 8
+
+    def dense_nbytes(self) -> int:
+        return self.rows * self.cols * self._dtype.itemsize
+
+    def nbytes(self) -> int:
+        """Bytes held by the packed form (int8 weights, scales and row sums)."""
+        p = self._p
+        return sum(t.numel() * t.element_size() for t in (p.qweight, p.wsum, p.scales))
+
+    def bytes_read(self, m: int) -> int:
+        """Weight bytes an int8_linear call streams (the memory-bound cost at m=1)."""
+        return self.nbytes()
+
+    def qweight(self) -> torch.Tensor:
+        """Canonical int8 [rows, cols]."""
+        q = self._p.qweight
+        rb, kq = q.shape[0], q.shape[1]
+        return q.transpose(1, 2).reshape(rb * ROW_BLOCK, kq * 4)[: self.rows, : self.cols].contiguous()
+
+    def scale(self) -> torch.Tensor:
+        """Canonical fp32 scales [rows, groups]."""
+        s = self._p.scales
+        return s.transpose(1, 2).reshape(-1, s.shape[1])[: self.rows].contiguous()
+
+    def to_dense(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The dequantized [rows, cols] weight, q * scale, in `dtype` (default: self.dtype)."""
+        dtype = self._dtype if dtype is None else dtype
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        q = _by_group(self.qweight().to(compute), self.groups, self.group_size)
+        w = (q * self.scale().to(compute).unsqueeze(-1)).view(self.rows, -1)[:, : self.cols]
+        return w.to(dtype).contiguous()
+
+    def to(self, target=None, *, dtype: Optional[torch.dtype] = None, device=None) -> "Int8":
+        """The same quantized weight for activations of another float dtype (the int8 data and
+        fp32 scales are unchanged). CPU only for now."""
+        dtype, device = self._target(target, dtype, device)
+        if device.type != "cpu":
+            raise ValueError(f"Int8 weights run on the CPU for now, not {device} (CUDA int8 is "
+                             "planned with the CUDA backend)")
+        if dtype == self._dtype:
+            return self
+        return Int8(self.shape, self.nnz, self._p, self.group_size, dtype)
+
+    def validate(self) -> None:
+        """Re-prove the packed invariants (e.g. after tensors were loaded or mutated)."""
+        p = self._p
+        rows_p, kp = _ceil(self.rows, ROW_BLOCK) * ROW_BLOCK, _ceil(self.cols, K_BLOCK) * K_BLOCK
+        groups = _groups(self.cols, self.group_size)
+        for name, t, dt, shape in (("qweight", p.qweight, torch.int8, (rows_p // ROW_BLOCK, kp // 4, ROW_BLOCK, 4)),
+                                   ("wsum", p.wsum, torch.int32, (rows_p // ROW_BLOCK, groups, ROW_BLOCK)),
+                                   ("scales", p.scales, torch.float32, (rows_p // ROW_BLOCK, groups, ROW_BLOCK))):
+            if t.dtype != dt or tuple(t.shape) != shape:
+                _fail(name, f"must be {dt} of shape {shape}, got {t.dtype} of shape {tuple(t.shape)}")
+            if not t.is_contiguous() or t.device.type != "cpu":
+                _fail(name, "must be a contiguous CPU tensor")
+        full = p.qweight.transpose(1, 2).reshape(rows_p, kp)
+        outside = full.clone()
+        outside[: self.rows, : self.cols] = 0
+        if bool((outside != 0).any()):
+            _fail("qweight", "padding rows/columns must hold zero")
+        self.validate_quantized(self.qweight(), self.scale(), self.group_size)
+        expected = _blocked(_by_group(self.qweight().to(torch.int32), groups, self.group_size).sum(-1, dtype=torch.int32), rows_p)
+        if not torch.equal(expected, p.wsum):
+            _fail("wsum", "row sums do not match the weights")
+        if int((self.qweight() != 0).sum()) != self.nnz:
+            _fail("qweight", f"non-zero count differs from nnz {self.nnz}")
+
+    def __repr__(self) -> str:
+        g = "per channel" if self.group_size is None else f"group_size={self.group_size}"
+        return f"Int8(shape={self.shape}, {g}, dtype={self.dtype}, device={self.device})"
