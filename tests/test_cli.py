@@ -42,3 +42,17 @@ def test_bench_rejects_bad_arguments(capsys):
 def test_info(capsys):
     assert main(["info"]) == 0
     assert "supported_isas" in capsys.readouterr().out
+
+
+def test_bench_int8(tmp_path, capsys):
+    out = tmp_path / "int8.json"
+    assert main(["bench", "--format", "int8", "--shapes", "64x256", "--m", "1", "20",
+                 "--min-time", "0.01", "--no-ort", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "torch dyn" in text and "64 x 256" in text
+    data = json.loads(out.read_text())
+    rows = data["int8_results"]
+    assert [(r["act"], r["m"]) for r in rows] == [("dynamic", 1), ("dynamic", 20), ("none", 1), ("none", 20)]
+    for r in rows:
+        assert r["speedup"] > 0 and r["vs_torch_dynamic"] > 0 and r["ort_ms"] is None
+    assert main(["bench", "--format", "int8", "--group-size", "48", "--shapes", "8x64"]) == 2

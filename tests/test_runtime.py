@@ -64,3 +64,15 @@ def test_fork_child_gets_a_working_pool():
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_int8_tiers_follow_the_cpu():
+    info, features = sparseinfer.build_info(), sparseinfer.cpu_features()
+    if "avx512" in info["supported_isas"] and features["avx512_vnni"]:
+        assert "avx512_vnni" in info["supported_isas"]
+    # AMX only where the CPU has it, the OS enables its state and Linux granted the permission.
+    has_amx = features["amx_tile"] and features["amx_int8"] and features["os_amx"] and features["amx_permitted"]
+    assert ("amx" in info["supported_isas"]) == (has_amx and "avx512_vnni" in info["supported_isas"])
+    if not has_amx:
+        out = _run("amx")
+        assert out.returncode != 0 and "does not support" in out.stderr

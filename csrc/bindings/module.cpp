@@ -185,7 +185,7 @@ PYBIND11_MODULE(_C, m) {
         require(groups == 1 || (group_size >= 32 && group_size % 32 == 0 &&
                                 groups == (cols + group_size - 1) / group_size),
                 "groups must be 1 or ceil(cols / group_size) with group_size a multiple of 32", op);
-        require(rows == 0 || (qweight && wsum && scales), "null weight pointer", op);
+        require(rows == 0 || ((qweight || w.kp == 0) && wsum && scales), "null weight pointer", op);
         w.qweight = ptr<const int8_t>(qweight);
         w.wsum = ptr<const int32_t>(wsum);
         w.scales = ptr<const float>(scales);

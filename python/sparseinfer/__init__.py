@@ -6,13 +6,13 @@ from typing import Iterator
 
 from ._native import _C, _cuda, cuda_built
 from . import ops, reference, formats, nn, compress
-from .formats import CSR, Sparse24
-from .nn import CSRLinear, Sparse24Linear, sparsify, SparsifyReport
+from .formats import CSR, Int8, Sparse24
+from .nn import CSRLinear, Int8Linear, Sparse24Linear, sparsify, SparsifyReport
 
 __version__ = _C.build_info()["version"]
 
 __all__ = [
-    "CSR", "CSRLinear", "Sparse24", "Sparse24Linear", "sparsify", "SparsifyReport", "ops",
+    "CSR", "CSRLinear", "Int8", "Int8Linear", "Sparse24", "Sparse24Linear", "sparsify", "SparsifyReport", "ops",
     "reference", "formats", "nn", "compress",
     "cpu_features", "build_info", "set_cpu_isa", "cpu_isa", "cuda_built", "cuda_build_info",
 ]
@@ -46,7 +46,8 @@ def build_info() -> dict:
 
 
 def set_cpu_isa(name: str) -> None:
-    """Force the CPU kernel tier: 'reference', 'avx2' or 'avx512' (must be supported here)."""
+    """Force the CPU kernel tier: 'reference', 'avx2', 'avx512', 'avx512_vnni' or 'amx' (must be
+    supported here; formats without int8 kernels run their avx512 kernels on the last two)."""
     _C.set_isa(name)
 
 

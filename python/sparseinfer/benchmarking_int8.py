@@ -7,9 +7,11 @@ ORT's defaults) when onnxruntime is installed (``pip install sparseinfer[bench]`
 """
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import tempfile
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional
@@ -24,6 +26,9 @@ from .formats.int8 import Int8
 DEFAULT_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (3072, 768))
 DEFAULT_MS = (1, 16, 128)
 ACTS = ("dynamic", "none")
+# After its runs, ONNX Runtime's pool threads spin (its fastest setting, kept) and would steal the
+# cores from whatever is timed next on a 2-core machine; this pause lets them go idle first.
+ORT_SETTLE_S = 0.05
 
 
 @dataclass
@@ -83,7 +88,12 @@ def ort_dynamic_matmul(weight: torch.Tensor, threads: int) -> Optional[Callable]
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
-        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        root = logging.getLogger()
+        level, root.level = root.level, logging.ERROR  # its "consider pre-processing" advice
+        try:
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(int8, options, providers=["CPUExecutionProvider"])
@@ -111,6 +121,8 @@ def measure(baselines: Baselines, packed: Int8, m: int, act: str, min_time: floa
     for _ in range(3):  # interleaved rounds: machine noise hits every side alike
         for k, fn in fns.items():
             times[k].append(median_ms(fn, min_time / 3))
+            if k == "ort":  # let ORT's spinning pool threads park before the next side runs
+                time.sleep(ORT_SETTLE_S)
     t = {k: statistics.median(v) for k, v in times.items()}
     ort_ms = t.get("ort")
     return Int8Result(w.shape[0], w.shape[1], m, act, packed.group_size,

@@ -36,6 +36,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .benchmarking import DEFAULT_MS, DEFAULT_SHAPES, DEFAULT_SPARSITIES, FORMATS
+    from .benchmarking_int8 import ACTS
     parser = argparse.ArgumentParser(prog="sparseinfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="time the sparse kernels against dense F.linear (same run)")
@@ -43,8 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cpu (default) or cuda: GPU kernels vs cuBLAS and torch's sparse paths; "
                             "without --shapes/--sparsity/--m/--dtype it runs the GPU grid "
                             "(4096x4096, 11008x4096, 4096x11008, 8192x8192; csr 0.7/0.9; m 1..2048; fp16)")
-    bench.add_argument("--format", choices=FORMATS, nargs="+", default=list(FORMATS),
-                       help="weight formats to time (csr: unstructured; 2:4: semi-structured)")
+    bench.add_argument("--format", choices=FORMATS + ("int8",), nargs="+", default=list(FORMATS) + ["int8"],
+                       help="weight formats to time (csr: unstructured; 2:4: semi-structured; int8: "
+                            "W8A8 and weight-only, also against torch dynamic int8 and ONNX Runtime, CPU only)")
+    bench.add_argument("--act", choices=ACTS, nargs="+", default=list(ACTS),
+                       help="int8 activation modes: dynamic (W8A8) and/or none (weight-only)")
+    bench.add_argument("--group-size", type=_positive, default=None,
+                       help="int8 per-group scales over this many input columns (default per channel)")
+    bench.add_argument("--no-ort", action="store_true", help="int8: skip the ONNX Runtime baseline")
     bench.add_argument("--shapes", type=_shape, nargs="+", default=None,
                        help=f"OUTxIN weight shapes (CPU default {' '.join(f'{o}x{i}' for o, i in DEFAULT_SHAPES)})")
     bench.add_argument("--sparsity", type=_sparsity, nargs="+", default=None,
@@ -55,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight/activation dtype (CPU default fp32, CUDA fp16); dense runs in the same dtype")
     bench.add_argument("--threads", type=_positive, default=None,
                        help="torch.set_num_threads (default: torch's current setting)")
-    bench.add_argument("--isa", default=None, help="force a CPU ISA tier (reference/avx2/avx512)")
+    bench.add_argument("--isa", default=None,
+                       help="force a CPU ISA tier (reference/avx2/avx512/avx512_vnni/amx)")
     bench.add_argument("--min-time", type=float, default=0.3, help="seconds per measurement")
     bench.add_argument("--json", metavar="PATH", help="also write results + machine info as JSON")
     sub.add_parser("info", help="print CPU features, build and dispatch information")
@@ -79,21 +87,58 @@ def _bench(args) -> int:
         torch.set_num_threads(args.threads)
     if args.isa:
         sparseinfer.set_cpu_isa(args.isa)
-    total = grid_size(args.format, args.shapes, args.sparsity, args.m)
-    print(f"sparseinfer {sparseinfer.__version__}: {' and '.join(args.format)} vs dense F.linear, "
-          f"{DTYPES[args.dtype]}, {torch.get_num_threads()} threads, "
-          f"ISA {sparseinfer.build_info()['active_isa']}", flush=True)
-    with tqdm(total=total, unit="case", file=sys.stderr) as bar:
-        results = run_grid(args.format, args.shapes, args.sparsity, args.m, DTYPES[args.dtype],
-                           args.min_time, progress=lambda r: bar.update(1))
-    print(format_table(results))
-    print("speedup = dense ms / sparse ms in this run; bytes ratio = dense weight bytes / bytes "
-          "the sparse kernel reads (the memory-bound ceiling at m=1)")
+    if args.group_size is not None:
+        from .formats.int8 import check_group_size
+        check_group_size(args.group_size)
+    sparse_formats = [f for f in args.format if f != "int8"]
+    report = {}
+    if sparse_formats:
+        total = grid_size(sparse_formats, args.shapes, args.sparsity, args.m)
+        print(f"sparseinfer {sparseinfer.__version__}: {' and '.join(sparse_formats)} vs dense F.linear, "
+              f"{DTYPES[args.dtype]}, {torch.get_num_threads()} threads, "
+              f"ISA {sparseinfer.build_info()['active_isa']}", flush=True)
+        with tqdm(total=total, unit="case", file=sys.stderr) as bar:
+            results = run_grid(sparse_formats, args.shapes, args.sparsity, args.m, DTYPES[args.dtype],
+                               args.min_time, progress=lambda r: bar.update(1))
+        print(format_table(results))
+        print("speedup = dense ms / sparse ms in this run; bytes ratio = dense weight bytes / bytes "
+              "the sparse kernel reads (the memory-bound ceiling at m=1)")
+        report = results_json(results)
+    if "int8" in args.format:
+        report["int8_results"] = _bench_int8(args)["results"]
+        report.setdefault("machine", _machine())
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results_json(results), f, indent=2)
+            json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
     return 0
+
+
+def _machine() -> dict:
+    from .benchmarking import machine_info
+    return machine_info()
+
+
+def _bench_int8(args) -> dict:
+    from tqdm import tqdm
+
+    import sparseinfer
+    from . import benchmarking_int8 as bi
+    with_ort = not args.no_ort and bi.ort_available()
+    if args.dtype != "fp32":
+        print(f"int8: activations are fp32 here (--dtype {args.dtype} applies to csr/2:4)")
+    print(f"\nsparseinfer {sparseinfer.__version__}: int8 ({', '.join(args.act)}) vs dense fp32 F.linear, "
+          f"torch dynamic int8{' and ONNX Runtime int8' if with_ort else ''}, "
+          f"{torch.get_num_threads()} threads, ISA {sparseinfer.build_info()['active_isa']}", flush=True)
+    if not with_ort and not args.no_ort:
+        print("(onnxruntime not installed: pip install 'sparseinfer[bench]' adds the ORT baseline)")
+    with tqdm(total=bi.grid_size(args.shapes, args.m, args.act), unit="case", file=sys.stderr) as bar:
+        results = bi.run_grid(args.shapes, args.m, args.act, args.group_size, args.min_time, with_ort,
+                              progress=lambda r: bar.update(1))
+    print(bi.format_table(results))
+    print("vs X = X ms / int8 ms in this run; ORT = onnxruntime quantize_dynamic (QInt8 weights, "
+          "per tensor) MatMul; bytes ratio = fp32 weight bytes / int8 bytes read")
+    return bi.results_json(results)
 
 
 def _bench_cuda(args) -> int:

@@ -111,7 +111,7 @@ class Int8(PackedWeight):
         scale = scale.to(weight.dtype).float()  # representable in the model dtype: lossless checkpoints
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         q = torch.round(w / safe.unsqueeze(-1)).clamp_(-QMAX, QMAX).to(torch.int8)
-        q = q.view(rows, -1)[:, :cols]
+        q = q.reshape(rows, groups * w.shape[-1])[:, :cols]
         return cls._pack(q, scale, group_size, weight.dtype)
 
     @classmethod

@@ -8,10 +8,14 @@ import torch
 from torch import nn
 
 from .._native import FLOAT_DTYPES
+from ..formats.int8 import check_group_size
+from ..ops import _int8_act_code
 from .csr_linear import CSRLinear
+from .int8_linear import Int8Linear
 from .sparse24_linear import Sparse24Linear
 
-FORMATS = {"csr": CSRLinear, "2:4": Sparse24Linear}
+FORMATS = {"csr": CSRLinear, "2:4": Sparse24Linear, "int8": Int8Linear}
+LAYER_OPTIONS = {"csr": set(), "2:4": set(), "int8": {"act", "group_size"}}
 
 
 @dataclass
@@ -55,14 +59,17 @@ class SparsifyReport:
 
 
 def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
-             filter: Optional[Callable[[str, nn.Linear], bool]] = None) -> SparsifyReport:
+             filter: Optional[Callable[[str, nn.Linear], bool]] = None, **options) -> SparsifyReport:
     """Replace qualifying nn.Linear modules of `model` with the sparse layer for `format`, in
     place, and return a report of every Linear seen (converted or why not).
 
     format="csr": layers whose weight has at least `min_sparsity` exact zeros.
     format="2:4": layers whose weight is 2:4 sparse (prune first with
     sparseinfer.compress.prune_2_4); `min_sparsity` does not apply.
-    `filter(name, linear)` may veto layers."""
+    format="int8": every Linear (in_features <= 65536), quantized to int8; options `act`
+    ("dynamic" W8A8 or "none" weight-only) and `group_size` (None = per channel, or a multiple
+    of 32); `min_sparsity` does not apply.
+    `filter(name, linear)` may veto layers; `options` go to the layer's from_linear."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; available: {sorted(FORMATS)}")
     if not 0.0 <= min_sparsity <= 1.0:
@@ -71,6 +78,12 @@ def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
         raise ValueError("model is itself an nn.Linear and cannot be swapped in place; "
                          f"use {FORMATS[format].__name__}.from_linear(model)")
     layer_cls = FORMATS[format]
+    unknown = set(options) - LAYER_OPTIONS[format]
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for format {format!r}")
+    if format == "int8":  # fail before any layer is swapped
+        _int8_act_code(options.get("act", "dynamic"))
+        check_group_size(options.get("group_size"))
     report = SparsifyReport(format)
     for name, module in list(model.named_modules()):
         if type(module) is not nn.Linear:
@@ -89,7 +102,7 @@ def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
         elif filter is not None and not filter(name, module):
             entry.reason = "excluded by filter"
         else:
-            sparse = layer_cls.from_linear(module)
+            sparse = layer_cls.from_linear(module, **options)
             entry.sparse_bytes = sparse.weight.nbytes()
             entry.converted = True
             _replace(model, name, sparse)

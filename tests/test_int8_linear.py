@@ -1,0 +1,232 @@
+"""int8_linear against the reference: W8A8 bit-exact on every ISA tier, weight-only within the
+tolerance table, the documented error bound against fp32, overflow limits and bad input."""
+import pytest
+import torch
+
+import sparseinfer
+from sparseinfer import Int8, ops, reference
+from sparseinfer._native import _C, DTYPE_CODES
+from tolerances import FLOOR, relative_error
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+M_VALUES = [0, 1, 2, 3, 7, 8, 16, 17, 33, 64, 129]
+GROUPS = [None, 32, 64, 128]
+
+
+def _weight(rows, cols, dtype=torch.float32, group_size=None):
+    return Int8.from_dense(torch.randn(rows, cols).to(dtype), group_size)
+
+
+@pytest.mark.parametrize("group_size", GROUPS, ids=lambda g: f"g{g}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", M_VALUES)
+def test_dynamic_is_bit_exact(isa, dtype, m, group_size):
+    q = _weight(70, 300, dtype, group_size)  # 70 rows = 4 blocks + 6; 300 = 4 K blocks + 44
+    bias = torch.randn(70).to(dtype)
+    x = torch.randn(m, 300).to(dtype)
+    for b in (bias, None):
+        y = ops.int8_linear(x, q, b)
+        assert y.dtype == dtype and y.shape == (m, 70)
+        assert torch.equal(y, reference.int8_linear(x, q, b)), ops.int8_linear_path(q, m)
+
+
+@pytest.mark.parametrize("group_size", GROUPS, ids=lambda g: f"g{g}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 16, 17, 64])
+def test_weight_only_matches_reference(isa, dtype, m, group_size):
+    q = _weight(70, 300, dtype, group_size)
+    bias = torch.randn(70).to(dtype)
+    x = torch.randn(m, 300).to(dtype)
+    y = ops.int8_linear(x, q, bias, act="none")
+    exact = reference.int8_linear(x.double(), q, bias.double(), act="none")
+    torch_err = relative_error(torch.nn.functional.linear(x, q.to_dense(), bias), exact)
+    assert relative_error(y, exact) <= 2 * torch_err + FLOOR[dtype]
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 63), (5, 3), (16, 64), (17, 65), (33, 1000),
+                                       (130, 129), (20, 2100)])
+@pytest.mark.parametrize("group_size", [None, 32, 96], ids=lambda g: f"g{g}")
+def test_awkward_shapes(isa, rows, cols, group_size):
+    q = _weight(rows, cols, group_size=group_size)
+    for m in (1, 3, 8, 17, 40):
+        x = torch.randn(m, cols)
+        assert torch.equal(ops.int8_linear(x, q), reference.int8_linear(x, q))
+        exact = reference.int8_linear(x.double(), q, act="none")
+        assert relative_error(ops.int8_linear(x, q, act="none"), exact) < 1e-5
+
+
+def test_paths_follow_the_isa():
+    q, q32 = _weight(64, 256), _weight(64, 256, group_size=32)
+    supported = sparseinfer.build_info()["supported_isas"]
+    with sparseinfer.cpu_isa("reference"):
+        assert ops.int8_linear_path(q, 128) == "reference"
+    if "avx2" in supported:
+        with sparseinfer.cpu_isa("avx2"):
+            assert ops.int8_linear_path(q, 128) == "avx2_rows"
+    if "avx512_vnni" in supported:
+        with sparseinfer.cpu_isa("avx512_vnni"):
+            assert ops.int8_linear_path(q, 128) == "vnni_rows"
+    if "amx" in supported:
+        with sparseinfer.cpu_isa("amx"):
+            assert ops.int8_linear_path(q, 1) == "vnni_rows"
+            assert ops.int8_linear_path(q, 128) == "amx_tiles"
+            assert ops.int8_linear_path(q32, 128) == "vnni_rows"  # AMX groups need multiples of 64
+    assert ops.int8_linear_path(q, 5, act="none") == "dequant_rows"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_activation_quantization_is_exact(isa, dtype):
+    x = torch.randn(9, 203) * torch.logspace(-3, 3, 9).unsqueeze(-1)
+    x[2] = 0                                  # all-zero token
+    x[3, 7] = 1e4                             # outlier
+    x[4] = torch.arange(203) - 101.0          # values that land exactly on .5 after scaling
+    x = x.to(dtype)
+    stride = 256
+    q = torch.full((9, stride), 99, dtype=torch.int8)
+    scale = torch.empty(9)
+    _C.quantize_rows_int8(DTYPE_CODES[dtype], x.data_ptr(), 9, 203, stride, q.data_ptr(), scale.data_ptr())
+    q_ref, s_ref = reference.quantize_per_token(x)
+    assert torch.equal(q[:, :203], q_ref) and torch.equal(scale, s_ref)
+    assert torch.all(q[:, 203:] == 0) and torch.all(q[2] == 0) and scale[2] == 0
+
+
+def test_k_16384_does_not_overflow(isa):
+    cols = 16384
+    qw = torch.full((3, cols), -128, dtype=torch.int8)
+    q = Int8.from_quantized(qw, torch.ones(3))
+    x = torch.ones(2, cols)                   # every token quantizes to +127
+    y = ops.int8_linear(x, q)
+    assert torch.equal(y, reference.int8_linear(x, q))
+    expected = 127 * -128 * cols / 127.0      # dot * scale_w * scale_x (scale_x = 1/127)
+    torch.testing.assert_close(y, torch.full((2, 3), expected), rtol=1e-6, atol=0)
+
+
+def test_widest_k_and_limit(isa):
+    cols = 65536
+    qw = torch.randint(-128, 128, (5, cols), dtype=torch.int8)
+    qw[0] = -128
+    q = Int8.from_quantized(qw, torch.rand(5) + 0.5)
+    x = torch.randn(2, cols)
+    x[:, ::2] = x[:, ::2].abs().max()         # half the columns at +127
+    assert torch.equal(ops.int8_linear(x, q), reference.int8_linear(x, q))
+    with pytest.raises(ValueError, match="65536"):
+        Int8.from_dense(torch.randn(2, cols + 1))
+
+
+def test_outliers_and_zero_rows(isa):
+    w = torch.randn(40, 256)
+    w[5] = 0
+    w[9, 3] = 500.0                            # an outlier weight only coarsens its own row's scale
+    q = Int8.from_dense(w)
+    bias = torch.randn(40)
+    x = torch.randn(20, 256)
+    x[4] = 0
+    for act in ("dynamic", "none"):
+        y = ops.int8_linear(x, q, bias, act=act)
+        assert torch.equal(y[:, 5], bias[5].expand(20)) and torch.equal(y[4], bias)
+    assert torch.equal(ops.int8_linear(x, q, bias), reference.int8_linear(x, q, bias))
+    rows_ok = [r for r in range(40) if r != 9]
+    exact = (x @ w.T)[:, rows_ok]
+    assert (ops.int8_linear(x, q)[:, rows_ok] - exact).abs().max() < 0.03 * exact.abs().max()
+
+
+def test_error_bound_against_fp32(isa):
+    """The documented W8A8 error model: per weight |w - q s_w| <= s_w / 2 and per activation
+    |x - q s_x| <= s_x / 2, so |y - y_fp32| <= s_x/2 sum|w| + s_w/2 sum|x| + K s_x s_w / 4."""
+    torch.manual_seed(1)
+    w, x = torch.randn(96, 512), torch.randn(33, 512)
+    for group_size in (None, 64):
+        q = Int8.from_dense(w, group_size)
+        y = ops.int8_linear(x, q)
+        _, s_x = reference.quantize_per_token(x)
+        s_w = q.scale().max(-1).values
+        bound = (s_x[:, None] / 2 * w.abs().sum(-1)[None] + s_w[None] / 2 * x.abs().sum(-1)[:, None]
+                 + 512 * s_x[:, None] * s_w[None] / 4)
+        err = (y.double() - (x.double() @ w.double().T)).abs()
+        assert torch.all(err <= bound * (1 + 1e-5) + 1e-5)
+        rel = float(err.max() / (x @ w.T).abs().max())
+        assert rel < 0.03  # the typical size: about 1% of the largest output here
+
+
+def test_leading_dims_and_zero_tokens(isa):
+    q = _weight(33, 40)
+    x = torch.randn(2, 3, 5, 40)
+    y = ops.int8_linear(x, q)
+    assert y.shape == (2, 3, 5, 33)
+    assert torch.equal(y.reshape(-1, 33), reference.int8_linear(x.reshape(-1, 40), q))
+    assert ops.int8_linear(torch.randn(0, 7, 40), q).shape == (0, 7, 33)
+    assert ops.int8_linear(torch.randn(40), q, act="none").shape == (33,)
+
+
+def test_zero_sized_weight():
+    q = Int8.from_dense(torch.zeros(0, 8))
+    assert ops.int8_linear(torch.randn(3, 8), q).shape == (3, 0)
+    q = Int8.from_dense(torch.zeros(4, 0))
+    for act in ("dynamic", "none"):
+        assert torch.equal(ops.int8_linear(torch.randn(3, 0), q, torch.ones(4), act=act), torch.ones(3, 4))
+
+
+def test_bad_input():
+    q = _weight(8, 64)
+    x = torch.randn(2, 64)
+    with pytest.raises(ValueError, match="weight must be a sparseinfer.formats.Int8"):
+        ops.int8_linear(x, torch.randn(8, 64))
+    with pytest.raises(ValueError, match="act must be one of"):
+        ops.int8_linear(x, q, act="static")
+    with pytest.raises(ValueError, match="x dtype must be torch.float32"):
+        ops.int8_linear(x.double(), q)
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 64\]"):
+        ops.int8_linear(torch.randn(2, 63), q)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.int8_linear(torch.randn(64, 2).T, q)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        ops.int8_linear(x, q, torch.randn(7))
+    with pytest.raises(ValueError, match="bias dtype"):
+        ops.int8_linear(x, q, torch.randn(8).half())
+    with pytest.raises(ValueError, match="x must be a torch.Tensor"):
+        ops.int8_linear([1.0] * 64, q)
+
+
+def test_raw_op_checks_shapes():
+    q = _weight(8, 64)
+    p = q.packed
+    op = torch.ops.sparseinfer.int8_linear
+    x = torch.randn(2, 64)
+    assert torch.equal(op(x, p.qweight, p.wsum, p.scales, None, 8, 64, 0, "dynamic"), ops.int8_linear(x, q))
+    with pytest.raises(ValueError, match="qweight must have shape"):
+        op(x, p.qweight[:, :8].contiguous(), p.wsum, p.scales, None, 8, 64, 0, "dynamic")
+    with pytest.raises(ValueError, match="wsum must have shape"):
+        op(x, p.qweight, p.wsum, p.scales, None, 8, 64, 32, "dynamic")
+    with pytest.raises(ValueError, match="scales dtype"):
+        op(x, p.qweight, p.wsum, p.scales.double(), None, 8, 64, 0, "dynamic")
+    with pytest.raises(ValueError, match="group_size"):
+        op(x, p.qweight, p.wsum, p.scales, None, 8, 64, 48, "dynamic")
+    with pytest.raises(ValueError, match="act must be"):
+        op(x, p.qweight, p.wsum, p.scales, None, 8, 64, 0, "int4")
+    with pytest.raises(ValueError, match="cols <= 65536"):
+        op(x, p.qweight, p.wsum, p.scales, None, 8, 70000, 0, "dynamic")
+
+
+def test_native_entry_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="int8_linear: act code"):
+        _C.int8_linear(1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 0, 7, 1)
+    with pytest.raises(ValueError, match="int8_linear: null weight pointer"):
+        _C.int8_linear(1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 0, 1, 1)
+    with pytest.raises(ValueError, match="groups must be"):
+        _C.int8_linear(1, 0, 0, 0, 0, 1, 64, 0, 0, 0, 3, 32, 1, 1)
+
+
+@pytest.mark.parametrize("act", ["dynamic", "none"])
+def test_opcheck(act):
+    q = _weight(20, 100, group_size=64)
+    p = q.packed
+    x = torch.randn(3, 100)
+    torch.library.opcheck(torch.ops.sparseinfer.int8_linear,
+                          (x, p.qweight, p.wsum, p.scales, torch.randn(20), 20, 100, 64, act))
+
+
+def test_torch_compile_sees_the_op():
+    layer = sparseinfer.Int8Linear.from_linear(torch.nn.Linear(64, 16))
+    x = torch.randn(4, 64)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(x), layer(x))
