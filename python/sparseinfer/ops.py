@@ -311,9 +311,9 @@ def int8_linear(x: torch.Tensor, weight: Int8, bias: Optional[torch.Tensor] = No
     _check_activation(x, bias, weight)
     p = weight.packed
     op = _int8_linear_op if torch.compiler.is_compiling() else _int8_linear_native
-    y = op(x.reshape(math.prod(x.shape[:-1]), weight.cols), p.qweight, p.wsum, p.scales, bias,
-           weight.rows, weight.cols, weight.group_size or 0, act)
-    return y.reshape(*x.shape[:-1], weight.rows)
+    x2 = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), weight.cols)  # [m, in]: no reshape cost
+    y = op(x2, p.qweight, p.wsum, p.scales, bias, weight.rows, weight.cols, weight.group_size or 0, act)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.rows)
 
 
 def int8_linear_path(weight: Int8, m: int, act: str = "dynamic") -> str:
