@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..formats.int8 import GROUP_MULTIPLE, Int8
+from ..formats.int8 import GROUP_MULTIPLE, MAX_COLS, Int8
 from ..formats.errors import FormatError
 from .canonical_state import CanonicalWeightModule
 
@@ -67,7 +67,6 @@ class Int8Linear(CanonicalWeightModule):
     @staticmethod
     def conversion_blocker(weight: torch.Tensor, sparsity: float, min_sparsity: float) -> Optional[str]:
         """Why sparsify() leaves this dense weight alone (any float weight quantizes)."""
-        from ..formats.int8 import MAX_COLS
         return f"in_features above {MAX_COLS}" if weight.shape[1] > MAX_COLS else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
