@@ -29,6 +29,6 @@ def test_int8_linear(benchmark, shape, act, m):
     benchmark.group = f"int8 {shape[0]}x{shape[1]} m={m} act={act}"
     benchmark(lambda: ops.int8_linear(x, packed, act=act))
     ratios = measure(baselines, packed, m, act, min_time=0.2)
-    benchmark.extra_info.update({k: v for k, v in vars(ratios).items()})
+    benchmark.extra_info.update(vars(ratios))
     if act == "dynamic":
         assert torch.equal(ops.int8_linear(x, packed), reference.int8_linear(x, packed))

@@ -105,18 +105,14 @@ def _bench(args) -> int:
               "the sparse kernel reads (the memory-bound ceiling at m=1)")
         report = results_json(results)
     if "int8" in args.format:
-        report["int8_results"] = _bench_int8(args)["results"]
-        report.setdefault("machine", _machine())
+        int8 = _bench_int8(args)
+        report["int8_results"] = int8["results"]
+        report.setdefault("machine", int8["machine"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
     return 0
-
-
-def _machine() -> dict:
-    from .benchmarking import machine_info
-    return machine_info()
 
 
 def _bench_int8(args) -> dict:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ._native import _C, DTYPE_CODES, PANEL_COLS, ROW_BLOCK, SPARSE24_CHUNK_COLS, VALUES_PAD, _cuda
 from .formats import csr_cuda, sparse24_cuda
+from .formats import int8 as fmt
 from .formats.csr import CSR
 from .formats.csr_cuda import CsrCudaPacked
 from .formats.int8 import Int8
@@ -49,15 +50,28 @@ def _check_tensor(name: str, t, dtype: torch.dtype, device: Optional[torch.devic
         raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
 
 
+def _check_shaped(specs, device: Optional[torch.device] = None) -> None:
+    """_check_tensor plus an exact shape for every (name, tensor, dtype, shape) in specs."""
+    for name, t, dtype, shape in specs:
+        _check_tensor(name, t, dtype, device)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+
+
+def _check_bias(bias, dtype: torch.dtype, rows: int, device: Optional[torch.device] = None) -> None:
+    """bias is None or a contiguous [rows] tensor of dtype (on device)."""
+    if bias is not None:
+        _check_tensor("bias", bias, dtype, device)
+        if bias.shape != (rows,):
+            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+
+
 def _check_activation(x, bias, weight) -> None:
     """x [..., in] and optional bias [out] against a format object (same dtype and device)."""
     _check_tensor("x", x, weight.dtype, weight.device)
     if x.dim() < 1 or x.shape[-1] != weight.cols:
         raise ValueError(f"x must have shape [..., {weight.cols}] (in_features), got {tuple(x.shape)}")
-    if bias is not None:
-        _check_tensor("bias", bias, weight.dtype, weight.device)
-        if bias.shape != (weight.rows,):
-            raise ValueError(f"bias must have shape ({weight.rows},), got {tuple(bias.shape)}")
+    _check_bias(bias, weight.dtype, weight.rows, weight.device)
 
 
 def _ptr(t: Optional[torch.Tensor]) -> int:
@@ -102,14 +116,9 @@ def _check_raw_sizes(x, values, local_idx, counts, block_offsets, block_nnz_pref
     if x.dim() != 2 or x.shape[1] != cols:
         raise ValueError(f"x must be [m, {cols}], got {tuple(x.shape)}")
     panels, row_blocks = -(-cols // PANEL_COLS), -(-rows // ROW_BLOCK)
-    for name, t, dtype, shape in (
-        ("counts", counts, torch.uint8, (panels, rows)),
-        ("block_offsets", block_offsets, torch.int64, (panels, row_blocks + 1)),
-        ("block_nnz_prefix", block_nnz_prefix, torch.int64, (row_blocks + 1,)),
-    ):
-        _check_tensor(name, t, dtype)
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    _check_shaped((("counts", counts, torch.uint8, (panels, rows)),
+                   ("block_offsets", block_offsets, torch.int64, (panels, row_blocks + 1)),
+                   ("block_nnz_prefix", block_nnz_prefix, torch.int64, (row_blocks + 1,))))
     nnz = int(block_nnz_prefix[-1])
     _check_tensor("values", values, values.dtype)
     _check_tensor("local_idx", local_idx, torch.uint8)
@@ -122,10 +131,7 @@ def _check_raw_sizes(x, values, local_idx, counts, block_offsets, block_nnz_pref
         _check_tensor("bitmask", bitmask, torch.uint8)
         if tuple(bitmask.shape) != (panels, rows, PANEL_COLS // 8):
             raise ValueError(f"bitmask must have shape {(panels, rows, PANEL_COLS // 8)}")
-    if bias is not None:
-        _check_tensor("bias", bias, values.dtype)
-        if bias.shape != (rows,):
-            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+    _check_bias(bias, values.dtype, rows)
 
 
 def csr_linear(x: torch.Tensor, weight: CSR, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -190,15 +196,9 @@ def _check_sparse24_raw_sizes(x, values, meta, bias, rows, cols) -> None:
     _check_tensor("x", x, values.dtype)
     if x.dim() != 2 or x.shape[1] != cols:
         raise ValueError(f"x must be [m, {cols}], got {tuple(x.shape)}")
-    for name, t, dtype, shape in (("values", values, values.dtype, (quads, chunks, 4, SPARSE24_CHUNK_COLS // 2)),
-                                  ("meta", meta, torch.int32, (quads, chunks, 4, 1))):
-        _check_tensor(name, t, dtype)
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    if bias is not None:
-        _check_tensor("bias", bias, values.dtype)
-        if bias.shape != (rows,):
-            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+    _check_shaped((("values", values, values.dtype, (quads, chunks, 4, SPARSE24_CHUNK_COLS // 2)),
+                   ("meta", meta, torch.int32, (quads, chunks, 4, 1))))
+    _check_bias(bias, values.dtype, rows)
 
 
 def sparse24_linear(x: torch.Tensor, weight: Sparse24, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -268,7 +268,6 @@ def _(x, qweight, wsum, scales, bias, rows, cols, group_size, act):
 def _check_int8_raw(x, qweight, wsum, scales, bias, rows, cols, group_size, act) -> None:
     """Shape/dtype guards for direct callers of torch.ops.sparseinfer.int8_linear. Any int8
     content is memory-safe and any wsum/scale only changes values, so shapes are all it takes."""
-    from .formats import int8 as fmt
     _int8_act_code(act)
     if rows < 0 or cols < 0 or cols > fmt.MAX_COLS:
         raise ValueError(f"rows/cols must be non-negative and cols <= {fmt.MAX_COLS}, got {rows}, {cols}")
@@ -281,16 +280,10 @@ def _check_int8_raw(x, qweight, wsum, scales, bias, rows, cols, group_size, act)
     if x.dim() != 2 or x.shape[1] != cols:
         raise ValueError(f"x must be [m, {cols}], got {tuple(x.shape)}")
     rb, kp = -(-rows // fmt.ROW_BLOCK), -(-cols // fmt.K_BLOCK) * fmt.K_BLOCK
-    for name, t, dtype, shape in (("qweight", qweight, torch.int8, (rb, kp // 4, fmt.ROW_BLOCK, 4)),
-                                  ("wsum", wsum, torch.int32, (rb, groups, fmt.ROW_BLOCK)),
-                                  ("scales", scales, torch.float32, (rb, groups, fmt.ROW_BLOCK))):
-        _check_tensor(name, t, dtype)
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    if bias is not None:
-        _check_tensor("bias", bias, x.dtype)
-        if bias.shape != (rows,):
-            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+    _check_shaped((("qweight", qweight, torch.int8, (rb, kp // 4, fmt.ROW_BLOCK, 4)),
+                   ("wsum", wsum, torch.int32, (rb, groups, fmt.ROW_BLOCK)),
+                   ("scales", scales, torch.float32, (rb, groups, fmt.ROW_BLOCK))))
+    _check_bias(bias, x.dtype, rows)
 
 
 def int8_linear(x: torch.Tensor, weight: Int8, bias: Optional[torch.Tensor] = None,
@@ -377,10 +370,7 @@ def _check_csr_cuda_raw(x, values, index, seg_ptr, bias, rows, cols) -> None:
         raise ValueError("values and index must be 1-D, of equal length and 16-byte aligned")
     if tuple(seg_ptr.shape) != (rows * csr_cuda.segments(cols) + 1,):
         raise ValueError(f"seg_ptr must have shape ({rows * csr_cuda.segments(cols) + 1},)")
-    if bias is not None:
-        _check_tensor("bias", bias, values.dtype, device)
-        if bias.shape != (rows,):
-            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+    _check_bias(bias, values.dtype, rows, device)
 
 
 def _csr_linear_cuda(x: torch.Tensor, weight: CSR, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -437,10 +427,7 @@ def _check_sparse24_cuda_raw(x, values, meta, bias, rows, cols) -> None:
         _check_tensor(name, t, dtype, device)
         if tuple(t.shape) != shape or t.data_ptr() % 16:
             raise ValueError(f"{name} must have shape {shape} and be 16-byte aligned, got {tuple(t.shape)}")
-    if bias is not None:
-        _check_tensor("bias", bias, values.dtype, device)
-        if bias.shape != (rows,):
-            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+    _check_bias(bias, values.dtype, rows, device)
 
 
 def _sparse24_linear_cuda(x: torch.Tensor, weight: Sparse24, bias: Optional[torch.Tensor]) -> torch.Tensor:

@@ -38,14 +38,9 @@ constexpr int64_t kBlockTokens = SI_AMX_TB;
 // Adds one int32 C tile (16 tokens x 16 rows of group g) into the fp32 sums [16][16], in the
 // epilogue order of int8_linear.h.
 inline void accumulate_tile(const PackedInt8& w, const int32_t* c, int64_t rb, int64_t g, float* sums) {
-  const int64_t cell = int8_group_cell(w, rb, g);
-  const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(w.wsum + cell), 7);
-  const __m512 scale = _mm512_loadu_ps(w.scales + cell);
-  for (int i = 0; i < 16; ++i) {
-    const __m512i dot = _mm512_sub_epi32(_mm512_loadu_si512(c + 16 * i), comp);
-    const __m512 s = _mm512_add_ps(_mm512_loadu_ps(sums + 16 * i), _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
-    _mm512_storeu_ps(sums + 16 * i, s);
-  }
+  const GroupEpilogue epilogue(w, rb, g);
+  for (int i = 0; i < 16; ++i)
+    _mm512_storeu_ps(sums + 16 * i, epilogue.add(_mm512_loadu_si512(c + 16 * i), _mm512_loadu_ps(sums + 16 * i)));
 }
 
 // K blocks [kb0, kb1) for NT token tiles (from token t) x NR row tiles (from row block rb). The

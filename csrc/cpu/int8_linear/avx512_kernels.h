@@ -61,6 +61,19 @@ inline void store_rows16(const PackedInt8& w, int64_t rb, int64_t t, const __m51
   store_block(w.rows, out, r0, nr, t, 1, buf, 1, 1);
 }
 
+// One group's step of the W8A8 epilogue (int8_linear.h) for the 16 rows of block rb: the u8 x s8
+// dot minus 128 * wsum is the exact signed dot; sum + float(dot) * scale, rounded twice (no FMA).
+struct GroupEpilogue {
+  __m512i comp;
+  __m512 scale;
+  GroupEpilogue(const PackedInt8& w, int64_t rb, int64_t g)
+      : comp(_mm512_slli_epi32(_mm512_loadu_si512(w.wsum + int8_group_cell(w, rb, g)), 7)),
+        scale(_mm512_loadu_ps(w.scales + int8_group_cell(w, rb, g))) {}
+  __m512 add(__m512i u8_dot, __m512 sum) const {
+    return _mm512_add_ps(sum, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(u8_dot, comp)), scale));
+  }
+};
+
 // W8A8, T tokens x 16 rows, u8 activations x s8 weights with vpdpbusd. U independent
 // accumulator chains per token hide the instruction's latency when T is small.
 template <int T, int U>
@@ -84,14 +97,11 @@ void dynamic_block_vnni(const PackedInt8& w, const QuantizedActs& x, int64_t t0,
         }
       }
     }
-    const int64_t cell = int8_group_cell(w, rb, g);
-    const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(w.wsum + cell), 7);  // 128 * wsum
-    const __m512 scale = _mm512_loadu_ps(w.scales + cell);
+    const GroupEpilogue epilogue(w, rb, g);
     for (int t = 0; t < T; ++t) {
       __m512i dot = acc[t][0];
       for (int u = 1; u < U; ++u) dot = _mm512_add_epi32(dot, acc[t][u]);
-      dot = _mm512_sub_epi32(dot, comp);
-      sum[t] = _mm512_add_ps(sum[t], _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale));
+      sum[t] = epilogue.add(dot, sum[t]);
     }
   }
   for (int t = 0; t < T; ++t)

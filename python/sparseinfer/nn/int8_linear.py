@@ -41,10 +41,11 @@ class Int8Linear(CanonicalWeightModule):
     def _weight_from_state(self, qweight, scale) -> Int8:
         groups = 1 if scale.dim() == 1 else scale.shape[-1]
         group_size = None if groups == 1 else self.group_size
-        if groups > 1 and (group_size is None or -(-qweight.shape[-1] // group_size) != groups):
+        cols = qweight.shape[-1]
+        if groups > 1 and (group_size is None or -(-cols // group_size) != groups):
             # Not this module's grouping: the smallest multiple of 32 giving that many groups.
-            cols = qweight.shape[-1]
-            guess = -(-(-(-cols // groups)) // GROUP_MULTIPLE) * GROUP_MULTIPLE
+            per_group = -(-cols // groups)
+            guess = -(-per_group // GROUP_MULTIPLE) * GROUP_MULTIPLE
             if -(-cols // guess) != groups:
                 raise FormatError(f"Int8 weight_scale: {groups} groups fit no group size for {cols} columns")
             group_size = guess
