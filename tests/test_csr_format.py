@@ -114,3 +114,49 @@ def test_validate_catches_corrupted_packing():
     csr.packed.bitmask[0, 0, 0] ^= 0xFF
     with pytest.raises(FormatError, match="bitmask"):
         csr.validate()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 9), (33, 130), (5, 64), (0, 12), (6, 0)])
+@pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
+def test_sparse_bitmask_round_trip(shape, density):
+    w = random_sparse(*shape, 1 - density, torch.float32) if density < 1 else torch.randn(shape)
+    compressed, bitmask, row_offsets, dims = CSR.from_dense(w).to_bitmask()
+    nz = w != 0
+    assert torch.equal(compressed, w[nz])                      # row-major values
+    assert bitmask.dtype == torch.uint8 and bitmask.shape == (shape[0], -(-shape[1] // 8))
+    assert torch.equal(dims, torch.tensor(shape))
+    counts = nz.sum(1)
+    assert torch.equal(row_offsets, torch.cumsum(counts, 0) - counts)
+    # little-endian per row: column c is bit c % 8 of byte c // 8 (numpy packbits, little)
+    for r in range(shape[0]):
+        for c in range(shape[1]):
+            assert bool(int(bitmask[r, c // 8]) >> (c % 8) & 1) == bool(nz[r, c])
+    back = CSR.from_bitmask(compressed, bitmask, dims, row_offsets)
+    assert torch.equal(back.to_dense(), w)
+    assert torch.equal(CSR.from_bitmask(compressed, bitmask, shape).to_dense(), w)  # row_offsets optional
+
+
+def _bitmask_arrays():
+    w = random_sparse(6, 20, 0.6, torch.float32)
+    return dict(zip(("compressed", "bitmask", "row_offsets", "shape"), CSR.from_dense(w).to_bitmask()))
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda a: a.update(shape=torch.tensor([6])), "shape"),
+    (lambda a: a.update(shape=torch.tensor([-6, 20])), "non-negative"),
+    (lambda a: a.update(compressed=a["compressed"][:-1]), "compressed.*bits set"),
+    (lambda a: a.update(compressed=a["compressed"].to(torch.int32)), "compressed"),
+    (lambda a: a.update(compressed=a["compressed"].view(1, -1)), "compressed"),
+    (lambda a: a.update(bitmask=a["bitmask"][:, :2]), "bitmask.*shape"),
+    (lambda a: a.update(bitmask=a["bitmask"].to(torch.int8)), "bitmask"),
+    (lambda a: a.update(bitmask=a["bitmask"].clone().index_fill_(1, torch.tensor([2]), 255)), "beyond column 19"),
+    (lambda a: a.update(row_offsets=a["row_offsets"].flip(0)), r"row_offsets\[0\]"),
+    (lambda a: a.update(row_offsets=a["row_offsets"][:-1]), "row_offsets.*shape"),
+    (lambda a: a.update(row_offsets=a["row_offsets"].float()), "row_offsets"),
+    (lambda a: a.update(bitmask=[1, 2]), "bitmask.*torch.Tensor"),
+])
+def test_malformed_bitmask_is_rejected(mutate, match):
+    arrays = _bitmask_arrays()
+    mutate(arrays)
+    with pytest.raises(FormatError, match=match):
+        CSR.from_bitmask(arrays["compressed"], arrays["bitmask"], arrays["shape"], arrays["row_offsets"])

@@ -32,7 +32,7 @@ def test_state_dict_round_trip():
     lin = _pruned_linear(300, 70, 0.7)
     layer = CSRLinear.from_linear(lin)
     state = layer.state_dict()
-    assert set(state) == {"bias", "weight_shape", "weight_indptr", "weight_indices", "weight_values"}
+    assert set(state) == {"bias", "shape", "compressed", "bitmask", "row_offsets"}  # sparse-bitmask
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
@@ -49,11 +49,14 @@ def test_state_dict_errors():
     with pytest.raises(RuntimeError, match="shape"):
         CSRLinear(21, 10).load_state_dict(state)
     bad = dict(state)
-    bad["weight_indices"] = bad["weight_indices"] + 100
-    with pytest.raises(RuntimeError, match="outside"):
+    bad["row_offsets"] = bad["row_offsets"] + 1
+    with pytest.raises(RuntimeError, match="row_offsets"):
         CSRLinear(20, 10).load_state_dict(bad)
-    missing = {k: v for k, v in state.items() if k != "weight_values"}
-    with pytest.raises(RuntimeError, match="weight_values"):
+    bad = dict(state, bitmask=state["bitmask"] ^ 1)
+    with pytest.raises(RuntimeError, match="compressed"):
+        CSRLinear(20, 10).load_state_dict(bad)
+    missing = {k: v for k, v in state.items() if k != "compressed"}
+    with pytest.raises(RuntimeError, match="compressed"):
         CSRLinear(20, 10).load_state_dict(missing)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 _BIT_WEIGHTS = 1 << torch.arange(8, dtype=torch.int32)
+# byte -> its 8 bits, so unpacking is one gather (no [..., n, 8] int32 temporaries)
+_BYTE_BITS = (torch.arange(256, dtype=torch.int32).unsqueeze(-1) & _BIT_WEIGHTS) != 0
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -15,5 +17,10 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
     """uint8 [..., n] -> bool [..., count] (count <= 8 * n)."""
-    bits = (packed.to(torch.int32).unsqueeze(-1) & _BIT_WEIGHTS) != 0
+    bits = _BYTE_BITS[packed.to(torch.int32)]
     return bits.view(*packed.shape[:-1], packed.shape[-1] * 8)[..., :count]
+
+
+def popcount(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., n] -> int64 [...]: set bits per row."""
+    return _BYTE_BITS.sum(-1)[packed.to(torch.int32)].sum(-1)

@@ -1,8 +1,11 @@
 """Unstructured sparse (CSR) weights, packed once for the CPU kernels.
 
-Canonical form (what checkpoints and ``to_csr_arrays`` hold): ``indptr`` int64 [rows + 1],
-``indices`` [nnz] in the smallest safe width (uint16 when cols <= 65536, else int32), ``values``
-[nnz] fp32/bf16/fp16, row-major and sorted by column within a row.
+Canonical forms: checkpoints hold the compressed-tensors ``sparse-bitmask`` layout
+(``to_bitmask`` / ``from_bitmask``: ``compressed`` [nnz] row-major, ``bitmask`` uint8
+[rows, ceil(cols / 8)] little-endian per row, ``row_offsets`` int64 [rows], ``shape`` int64 [2]).
+Plain CSR arrays are also accepted and produced (``from_csr`` / ``to_csr_arrays``): ``indptr``
+int64 [rows + 1], ``indices`` [nnz] in the smallest safe width (uint16 when cols <= 65536, else
+int32), ``values`` [nnz] fp32/bf16/fp16, row-major and sorted by column within a row.
 
 Kernel form (what this object stores; see csrc/include/sparseinfer/csr_linear.h): columns are cut
 into panels of 128; non-zeros are stored panel-major, then by row, then by column, each with its
@@ -24,7 +27,7 @@ import torch
 from .._native import FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
 from . import csr_cuda
 from .base import PackedWeight
-from .bits import pack_bits
+from .bits import pack_bits, popcount, unpack_bits
 from .csr_cuda import CsrCudaPacked
 from .errors import FormatError
 
@@ -73,6 +76,60 @@ class CSR(PackedWeight):
         counts = indptr[1:] - indptr[:-1]
         rows_idx = torch.repeat_interleave(torch.arange(rows, dtype=torch.int64), counts)
         return cls._pack((rows, cols), rows_idx, indices.to(torch.int64), values, bitmask)
+
+    @classmethod
+    def from_bitmask(cls, compressed: torch.Tensor, bitmask: torch.Tensor, shape,
+                     row_offsets: Optional[torch.Tensor] = None, bitmask_kernel: Union[bool, str] = "auto") -> "CSR":
+        """Pack canonical compressed-tensors ``sparse-bitmask`` arrays after validating them (safe
+        on untrusted data). `row_offsets` is checked when given (it is redundant with the bitmask)."""
+        rows, cols = cls.validate_bitmask(compressed, bitmask, shape, row_offsets)
+        rows_idx, cols_idx = unpack_bits(bitmask, cols).nonzero(as_tuple=True)  # row-major order
+        return cls._pack((rows, cols), rows_idx, cols_idx, compressed, bitmask_kernel)
+
+    @staticmethod
+    def validate_bitmask(compressed, bitmask, shape, row_offsets=None) -> tuple[int, int]:
+        """Prove ``sparse-bitmask`` arrays are well formed; returns (rows, cols) or raises FormatError."""
+        try:
+            dims = shape.flatten().tolist() if isinstance(shape, torch.Tensor) else list(shape)
+            rows, cols = (int(s) for s in dims)
+        except (TypeError, ValueError):
+            _fail("shape", f"must be two integers, got {shape!r}")
+        if rows < 0 or cols < 0:
+            _fail("shape", f"must be non-negative, got {(rows, cols)}")
+        arrays = [("compressed", compressed), ("bitmask", bitmask)]
+        if row_offsets is not None:
+            arrays.append(("row_offsets", row_offsets))
+        for name, t in arrays:
+            if not isinstance(t, torch.Tensor):
+                _fail(name, f"must be a torch.Tensor, got {type(t).__name__}")
+            if t.device.type != "cpu":
+                _fail(name, f"must be on the CPU, got {t.device}")
+        if compressed.dim() != 1 or compressed.dtype not in FLOAT_DTYPES:
+            _fail("compressed", f"must be 1-D with dtype in {FLOAT_DTYPES}, got {compressed.dtype} "
+                  f"of shape {tuple(compressed.shape)}")
+        if bitmask.dtype != torch.uint8 or tuple(bitmask.shape) != (rows, -(-cols // 8)):
+            _fail("bitmask", f"must be uint8 of shape {(rows, -(-cols // 8))}, got {bitmask.dtype} "
+                  f"of shape {tuple(bitmask.shape)}")
+        if cols % 8 and rows:
+            beyond = bitmask[:, -1].to(torch.int32) >> (cols % 8)
+            if bool((beyond != 0).any()):
+                r = int((beyond != 0).nonzero()[0, 0])
+                _fail("bitmask", f"row {r} has bits set beyond column {cols - 1}")
+        counts = popcount(bitmask) if rows else torch.zeros(0, dtype=torch.int64)
+        nnz = int(counts.sum())
+        if compressed.numel() != nnz:
+            _fail("compressed", f"length must equal the {nnz} bits set in bitmask, got {compressed.numel()}")
+        if row_offsets is not None:
+            if row_offsets.dtype not in (torch.int32, torch.int64) or tuple(row_offsets.shape) != (rows,):
+                _fail("row_offsets", f"must be int32/int64 of shape {(rows,)}, got {row_offsets.dtype} "
+                      f"of shape {tuple(row_offsets.shape)}")
+            expect = torch.cumsum(counts, 0) - counts
+            bad = (row_offsets.to(torch.int64) != expect).nonzero()
+            if bad.numel():
+                r = int(bad[0, 0])
+                _fail("row_offsets", f"row_offsets[{r}] = {int(row_offsets[r])}, but the bitmask puts "
+                      f"row {r} at {int(expect[r])}")
+        return rows, cols
 
     @staticmethod
     def validate_arrays(indptr, indices, values, shape) -> tuple[int, int]:
@@ -235,6 +292,19 @@ class CSR(PackedWeight):
         if self.index_dtype() == torch.uint16:
             indices = indices.to(torch.uint16)
         return indptr, indices, values[order].clone()
+
+    def to_bitmask(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Canonical (compressed, bitmask, row_offsets, shape): the compressed-tensors
+        ``sparse-bitmask`` layout, on the CPU."""
+        row, col, values = self._triples()
+        order = torch.argsort(row * max(1, self.cols) + col)
+        width = -(-self.cols // 8) * 8
+        bits = torch.zeros(self.rows * width, dtype=torch.bool)
+        bits[row * width + col] = True
+        counts = torch.bincount(row, minlength=self.rows)
+        shape = torch.tensor([self.rows, self.cols], dtype=torch.int64)
+        return (values[order].clone(), pack_bits(bits.view(self.rows, width)),
+                torch.cumsum(counts, 0) - counts, shape)
 
     def to(self, target=None, *, dtype: Optional[torch.dtype] = None, device=None) -> "CSR":
         """Same matrix with values cast to another float dtype (zeros created by the cast are

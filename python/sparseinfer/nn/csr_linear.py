@@ -14,12 +14,13 @@ from .canonical_state import CanonicalWeightModule
 class CSRLinear(CanonicalWeightModule):
     """y = x @ W.T + b with W sparse (CSR). Inference only: no gradient flows to W."""
 
-    # state_dict keys: canonical CSR, portable; the packed form is rebuilt and validated on load.
-    STATE_KEYS = ("weight_shape", "weight_indptr", "weight_indices", "weight_values")
+    # state_dict keys: the compressed-tensors sparse-bitmask layout of this layer's weight (the
+    # packed kernel form is rebuilt and validated on load).
+    STATE_KEYS = ("shape", "compressed", "bitmask", "row_offsets")
 
     @staticmethod
-    def _weight_from_state(shape, indptr, indices, values) -> CSR:
-        return CSR.from_csr(indptr, indices, values, shape)
+    def _weight_from_state(shape, compressed, bitmask, row_offsets) -> CSR:
+        return CSR.from_bitmask(compressed, bitmask, shape, row_offsets)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  dtype: torch.dtype = torch.float32):
@@ -50,11 +51,11 @@ class CSRLinear(CanonicalWeightModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.csr_linear(x.contiguous(), self._weight, self.bias)
 
-    # state_dict holds canonical CSR arrays, never the kernel layout.
+    # state_dict holds the canonical sparse-bitmask arrays, never the kernel layout.
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        indptr, indices, values = self.weight.to_csr_arrays()
-        destination[prefix + "weight_shape"] = torch.tensor([self.out_features, self.in_features])
-        destination[prefix + "weight_indptr"] = indptr
-        destination[prefix + "weight_indices"] = indices.to(torch.int32)
-        destination[prefix + "weight_values"] = values
+        compressed, bitmask, row_offsets, shape = self.weight.to_bitmask()
+        destination[prefix + "shape"] = shape
+        destination[prefix + "compressed"] = compressed
+        destination[prefix + "bitmask"] = bitmask
+        destination[prefix + "row_offsets"] = row_offsets
