@@ -17,6 +17,20 @@ class CanonicalWeightModule(nn.Module):
     STATE_KEYS: Sequence[str] = ()
     _weight_from_state: Callable
 
+    @classmethod
+    def from_weight(cls, weight, bias=None, **attrs):
+        """The layer around an already packed weight object (no re-packing); `bias` is copied in
+        the weight's dtype, on its device."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = weight.cols, weight.rows
+        for key, value in attrs.items():
+            setattr(layer, key, value)
+        layer._set_weight(weight)
+        layer.bias = None if bias is None else nn.Parameter(
+            bias.detach().to(device=weight.device, dtype=weight.dtype).clone(), requires_grad=False)
+        return layer
+
     def _set_weight(self, weight) -> None:
         self._weight = weight
 

@@ -34,6 +34,14 @@ class Int8Linear(CanonicalWeightModule):
         self._set_weight(Int8.from_dense(torch.zeros(out_features, in_features, dtype=dtype), group_size))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
 
+    @classmethod
+    def from_weight(cls, weight: Int8, bias: Optional[torch.Tensor] = None, act: str = "dynamic") -> "Int8Linear":
+        """The layer around an already packed Int8 weight (no re-quantization)."""
+        ops._int8_act_code(act)
+        if not isinstance(weight, Int8):
+            raise TypeError(f"weight must be an Int8, got {type(weight).__name__}")
+        return super().from_weight(weight, bias, act=act)
+
     @property
     def group_size(self) -> Optional[int]:
         return self._weight.group_size

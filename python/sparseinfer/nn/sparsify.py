@@ -12,6 +12,7 @@ from ..formats.int8 import check_group_size
 from ..ops import _int8_act_code
 from .csr_linear import CSRLinear
 from .int8_linear import Int8Linear
+from .linear_like import is_linear_like, linear_weight
 from .sparse24_linear import Sparse24Linear
 
 FORMATS = {"csr": CSRLinear, "2:4": Sparse24Linear, "int8": Int8Linear}
@@ -60,8 +61,9 @@ class SparsifyReport:
 
 def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
              filter: Optional[Callable[[str, nn.Linear], bool]] = None, **options) -> SparsifyReport:
-    """Replace qualifying nn.Linear modules of `model` with the sparse layer for `format`, in
-    place, and return a report of every Linear seen (converted or why not).
+    """Replace qualifying nn.Linear modules (and Hugging Face Conv1D, as in GPT-2) of `model`
+    with the sparse layer for `format`, in place, and return a report of every one seen
+    (converted or why not).
 
     format="csr": layers whose weight has at least `min_sparsity` exact zeros.
     format="2:4": layers whose weight is 2:4 sparse (prune first with
@@ -69,7 +71,7 @@ def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
     format="int8": every Linear (in_features <= 65536), quantized to int8; options `act`
     ("dynamic" W8A8 or "none" weight-only) and `group_size` (None = per channel, or a multiple
     of 32); `min_sparsity` does not apply.
-    `filter(name, linear)` may veto layers; `options` go to the layer's from_linear."""
+    `filter(name, module)` may veto layers; `options` go to the layer's from_dense."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; available: {sorted(FORMATS)}")
     if not 0.0 <= min_sparsity <= 1.0:
@@ -86,9 +88,9 @@ def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
         check_group_size(options.get("group_size"))
     report = SparsifyReport(format)
     for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear:
+        if not is_linear_like(module):
             continue
-        weight = module.weight.detach()
+        weight, bias = linear_weight(module)
         sparsity = float((weight == 0).sum()) / max(1, weight.numel())
         dense_bytes = weight.numel() * weight.element_size()
         entry = LayerReport(name, tuple(weight.shape), sparsity, dense_bytes, 0, False)
@@ -102,7 +104,7 @@ def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
         elif filter is not None and not filter(name, module):
             entry.reason = "excluded by filter"
         else:
-            sparse = layer_cls.from_linear(module, **options)
+            sparse = layer_cls.from_dense(weight, bias, **options)
             entry.sparse_bytes = sparse.weight.nbytes()
             entry.converted = True
             _replace(model, name, sparse)

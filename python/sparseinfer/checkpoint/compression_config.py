@@ -1,0 +1,234 @@
+"""config.json ``quantization_config`` in the compressed-tensors layout: parsed from untrusted
+JSON into the per-layer facts a load needs, and built for a save.
+
+Targets and ignore lists follow compressed-tensors: an entry matches a module by exact name, by
+``re:<regex>`` (re.match on the name) or by a class name in the module's MRO; our layers and
+Hugging Face Conv1D also match ``Linear``."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from torch import nn
+
+from .errors import CheckpointError
+
+QUANT_METHOD = "compressed-tensors"
+LAYOUT_VERSION = "0.14.0"  # the compressed-tensors release whose tensor layouts we read and write
+DENSE = "dense"
+SPARSE_BITMASK = "sparse-bitmask"
+SPARSE_24_BITMASK = "sparse-24-bitmask"
+INT_QUANTIZED = "int-quantized"
+NAIVE_QUANTIZED = "naive-quantized"
+PACK_QUANTIZED = "pack-quantized"
+SPARSITY_FORMATS = (DENSE, SPARSE_BITMASK, SPARSE_24_BITMASK)
+QUANT_FORMATS = (INT_QUANTIZED, NAIVE_QUANTIZED, PACK_QUANTIZED)
+# formats compressed-tensors knows that we do not run (named in the error, not "unknown")
+KNOWN_UNSUPPORTED = ("float-quantized", "marlin-24", "mixed-precision", "nvfp4-pack-quantized",
+                     "mxfp4-pack-quantized")
+STRATEGIES = ("tensor", "channel", "group")
+
+
+def _where(path: str) -> str:
+    return f"config.json quantization_config.{path}"
+
+
+def _get(d: dict, key: str, path: str, types, default=None, required: bool = False):
+    if key not in d or d[key] is None:
+        if required:
+            raise CheckpointError(f"{_where(path + key)} is missing")
+        return default
+    value = d[key]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise CheckpointError(f"{_where(path + key)} must be {_type_names(types)}, got {value!r}")
+    if not isinstance(value, types):
+        raise CheckpointError(f"{_where(path + key)} must be {_type_names(types)}, got {value!r}")
+    return value
+
+
+def _type_names(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(t.__name__ for t in types)
+
+
+def _names(d: dict, key: str, path: str) -> list[str]:
+    value = _get(d, key, path, (list, str), [])
+    value = [value] if isinstance(value, str) else value
+    if not all(isinstance(v, str) for v in value):
+        raise CheckpointError(f"{_where(path + key)} must be a list of strings, got {value!r}")
+    for v in value:
+        if v.startswith("re:"):
+            try:
+                re.compile(v[3:])
+            except re.error as exc:
+                raise CheckpointError(f"{_where(path + key)}: bad regex {v!r} ({exc})") from None
+    return value
+
+
+def _class_names(module: nn.Module) -> set[str]:
+    from ..nn.linear_like import is_hf_conv1d
+    from ..nn.canonical_state import CanonicalWeightModule
+    names = {c.__name__ for c in type(module).__mro__}
+    if isinstance(module, CanonicalWeightModule) or is_hf_conv1d(module):
+        names.add("Linear")
+    return names
+
+
+def _matches(name: str, module: nn.Module, entries: list[str]) -> bool:
+    classes = None
+    for entry in entries:
+        if entry.startswith("re:"):
+            if re.match(entry[3:], name):
+                return True
+        elif entry == name:
+            return True
+        else:
+            classes = _class_names(module) if classes is None else classes
+            if entry in classes:
+                return True
+    return False
+
+
+@dataclass(frozen=True)
+class WeightScheme:
+    """How one group's Linear weights are quantized, and how we run its activations."""
+    format: str
+    num_bits: int
+    strategy: str
+    group_size: Optional[int]
+    symmetric: bool
+    act: str                     # "dynamic" (W8A8, per token) or "none" (weight-only)
+    act_note: Optional[str]      # why our activation handling differs from the file's, if it does
+
+
+def _weight_scheme(group: dict, path: str, default_format: Optional[str]) -> Optional[WeightScheme]:
+    fmt = _get(group, "format", path, str, default_format)
+    weights = _get(group, "weights", path, dict)
+    if weights is None:
+        return None
+    wpath = path + "weights."
+    wtype = _get(weights, "type", wpath, str, "int")
+    if wtype != "int":
+        raise CheckpointError(f"{_where(wpath + 'type')} is {wtype!r}; sparseinfer runs integer "
+                              "weights only (float / fp8 / fp4 formats are not supported)")
+    bits = _get(weights, "num_bits", wpath, int, 8)
+    strategy = _get(weights, "strategy", wpath, str, "tensor")
+    if strategy not in STRATEGIES:
+        raise CheckpointError(f"{_where(wpath + 'strategy')} is {strategy!r}; supported: {list(STRATEGIES)}")
+    group_size = _get(weights, "group_size", wpath, int)
+    if strategy == "group" and (group_size is None or group_size <= 0):
+        raise CheckpointError(f"{_where(wpath + 'group_size')} must be a positive int for strategy 'group', "
+                              f"got {group_size!r}")
+    if fmt is None:
+        fmt = INT_QUANTIZED if bits == 8 else PACK_QUANTIZED
+    _check_format(fmt, path + "format", QUANT_FORMATS)
+    if fmt == PACK_QUANTIZED and bits not in (4, 8):
+        raise CheckpointError(f"{_where(wpath + 'num_bits')} is {bits}; pack-quantized loads with 4 or 8 bits")
+    if fmt != PACK_QUANTIZED and bits != 8:
+        raise CheckpointError(f"{_where(wpath + 'num_bits')} is {bits}; {fmt} loads with 8 bits")
+    act, note = _activation_mode(_get(group, "input_activations", path, dict), path + "input_activations")
+    return WeightScheme(fmt, bits, strategy, group_size if strategy == "group" else None,
+                        _get(weights, "symmetric", wpath, bool, True), act, note)
+
+
+def _activation_mode(acts: Optional[dict], path: str) -> tuple[str, Optional[str]]:
+    if acts is None:
+        return "none", None
+    kind = (_get(acts, "type", path + ".", str, "int"), _get(acts, "num_bits", path + ".", int, 8),
+            _get(acts, "strategy", path + ".", str, "tensor"), _get(acts, "dynamic", path + ".", (bool, str), False),
+            _get(acts, "symmetric", path + ".", bool, True))
+    if kind == ("int", 8, "token", True, True):
+        return "dynamic", None
+    return "dynamic", (f"input activations {kind[1]}-bit {kind[0]} {kind[2]} "
+                       f"{'dynamic' if kind[3] is True else 'static'}{'' if kind[4] else ' asymmetric'} "
+                       "are run as int8 symmetric per-token dynamic")
+
+
+def _check_format(fmt, path: str, allowed) -> None:
+    if fmt in allowed:
+        return
+    if fmt in KNOWN_UNSUPPORTED or fmt in SPARSITY_FORMATS or fmt in QUANT_FORMATS:
+        raise CheckpointError(f"{_where(path)} is {fmt!r}, which sparseinfer does not load here "
+                              f"(supported: {list(allowed)})")
+    raise CheckpointError(f"{_where(path)} names an unknown format {fmt!r} (supported: {list(allowed)})")
+
+
+@dataclass
+class CompressionConfig:
+    """What a load needs from ``quantization_config``: which scheme quantizes a module, and the
+    sparsity format of the sparse ones."""
+    groups: list[tuple[list[str], WeightScheme]]
+    ignore: list[str]
+    sparsity_format: Optional[str]
+    sparsity_targets: list[str]
+    sparsity_ignore: list[str]
+
+    @classmethod
+    def parse(cls, qc: Any) -> "CompressionConfig":
+        if qc is None:
+            return cls([], [], None, [], [])
+        if not isinstance(qc, dict):
+            raise CheckpointError(f"config.json quantization_config must be an object, got {type(qc).__name__}")
+        method = _get(qc, "quant_method", "", str, QUANT_METHOD)
+        if method != QUANT_METHOD:
+            raise CheckpointError(f"{_where('quant_method')} is {method!r}; sparseinfer loads "
+                                  f"{QUANT_METHOD!r} checkpoints")
+        default_format = _get(qc, "format", "", str)
+        if default_format is not None and default_format != DENSE:
+            _check_format(default_format, "format", QUANT_FORMATS + ("mixed-precision",))
+        groups = []
+        for gname, group in (_get(qc, "config_groups", "", dict, {}) or {}).items():
+            path = f"config_groups.{gname}."
+            if not isinstance(group, dict):
+                raise CheckpointError(f"{_where(path[:-1])} must be an object")
+            scheme = _weight_scheme(group, path, None if default_format in (None, DENSE, "mixed-precision")
+                                    else default_format)
+            if scheme is not None:
+                groups.append((_names(group, "targets", path), scheme))
+        sc = _get(qc, "sparsity_config", "", dict, {}) or {}
+        sparsity_format = _get(sc, "format", "sparsity_config.", str)
+        if sparsity_format is not None:
+            _check_format(sparsity_format, "sparsity_config.format", SPARSITY_FORMATS)
+        return cls(groups, _names(qc, "ignore", ""), sparsity_format,
+                   _names(sc, "targets", "sparsity_config."), _names(sc, "ignore", "sparsity_config."))
+
+    def scheme_for(self, name: str, module: nn.Module) -> Optional[WeightScheme]:
+        if _matches(name, module, self.ignore):
+            return None
+        for targets, scheme in self.groups:
+            if _matches(name, module, targets):
+                return scheme
+        return None
+
+
+def build(sparse: dict[str, list[str]], quantized: dict[tuple[str, Optional[int]], list[str]],
+          quant_format: str, global_sparsity: float) -> Optional[dict]:
+    """``quantization_config`` for a save. `sparse` maps a sparsity format to layer names (one
+    format per checkpoint), `quantized` maps (act, group_size) to int8 layer names."""
+    if not sparse and not quantized:
+        return None
+    qc: dict[str, Any] = {"quant_method": QUANT_METHOD, "version": LAYOUT_VERSION, "transform_config": {}}
+    if sparse:
+        (fmt, names), = sparse.items()
+        qc["sparsity_config"] = {
+            "format": fmt, "targets": sorted(names), "ignore": [], "global_sparsity": global_sparsity,
+            "sparsity_structure": "2:4" if fmt == SPARSE_24_BITMASK else "unstructured",
+            "registry_requires_subclass": False}
+    else:
+        qc["sparsity_config"] = {}
+    if quantized:
+        groups = {}
+        for i, ((act, group_size), names) in enumerate(sorted(quantized.items(), key=lambda kv: str(kv[0]))):
+            weights = {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": False,
+                       "strategy": "channel" if group_size is None else "group", "group_size": group_size,
+                       "actorder": None, "block_structure": None, "observer": "minmax", "observer_kwargs": {}}
+            acts = None if act == "none" else {
+                "num_bits": 8, "type": "int", "symmetric": True, "dynamic": True, "strategy": "token",
+                "group_size": None, "actorder": None, "block_structure": None, "observer": None,
+                "observer_kwargs": {}}
+            groups[f"group_{i}"] = {"targets": sorted(names), "weights": weights, "input_activations": acts,
+                                    "output_activations": None, "format": quant_format}
+        qc.update(config_groups=groups, format=quant_format, ignore=[], kv_cache_scheme=None,
+                  global_compression_ratio=None, quantization_status="compressed")
+    return qc

@@ -1,0 +1,163 @@
+"""safetensors files of a checkpoint directory: sharded writing with an index, and a reader that
+maps every tensor name to its file and turns any parse failure into CheckpointError."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Iterable, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import CheckpointError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+CONFIG_FILE = "config.json"
+_SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size) -> int:
+    """Bytes from an int or a string like '5GB', '200MiB'."""
+    if isinstance(size, bool):
+        raise ValueError(f"max_shard_size must be a size, got {size!r}")
+    if isinstance(size, int):
+        value = size
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", str(size).upper())
+        if not match:
+            raise ValueError(f"max_shard_size must be bytes or like '5GB' / '500MiB', got {size!r}")
+        value = int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+    if value <= 0:
+        raise ValueError(f"max_shard_size must be positive, got {size!r}")
+    return value
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def write_tensors(tensors: dict[str, torch.Tensor], directory: str, max_shard_bytes: int) -> list[str]:
+    """Write `tensors` as model.safetensors, or as model-0000i-of-0000n.safetensors shards of at
+    most `max_shard_bytes` each (a larger single tensor gets a shard of its own) plus the index.
+    Shard files of an earlier save that this one does not rewrite are removed. Returns file names."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        if shards[-1] and size + _nbytes(t) > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += _nbytes(t)
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        names = [SINGLE_FILE]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name in os.listdir(directory):  # stale files of an earlier save would shadow this one
+        if (name in (SINGLE_FILE, INDEX_FILE) or _SHARD_NAME.fullmatch(name)) and name not in names:
+            os.remove(os.path.join(directory, name))
+    for name, shard in zip(names, shards):
+        save_file(shard, os.path.join(directory, name), metadata=metadata)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())},
+                 "weight_map": {k: n for n, shard in zip(names, shards) for k in shard}}
+        with open(os.path.join(directory, INDEX_FILE), "w") as f:
+            json.dump(index, f, indent=2)
+    return names
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{os.path.basename(path)}: cannot be read as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{os.path.basename(path)}: must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+class TensorReader:
+    """Read-only view of the tensors of a checkpoint directory (single file or sharded with an
+    index). Headers are parsed at construction; tensor data is read on demand."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self._handles: dict[str, object] = {}
+        self._file_of: dict[str, str] = {}
+        index_path = os.path.join(directory, INDEX_FILE)
+        if os.path.exists(index_path):
+            weight_map = read_json(index_path).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+                raise CheckpointError(f"{INDEX_FILE}: 'weight_map' must map tensor names to file names")
+            for file in sorted(set(weight_map.values())):
+                if os.path.basename(file) != file or not file.endswith(".safetensors"):
+                    raise CheckpointError(f"{INDEX_FILE}: {file!r} is not a .safetensors file in the directory")
+                keys = set(self._open(file).keys())
+                for name in (k for k, v in weight_map.items() if v == file):
+                    if name not in keys:
+                        raise CheckpointError(f"{INDEX_FILE}: tensor {name!r} is mapped to {file}, which lacks it")
+                    self._file_of[name] = file
+        elif os.path.exists(os.path.join(directory, SINGLE_FILE)):
+            self._file_of = {k: SINGLE_FILE for k in self._open(SINGLE_FILE).keys()}
+        else:
+            raise CheckpointError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}")
+
+    def _open(self, file: str):
+        if file not in self._handles:
+            try:
+                self._handles[file] = safe_open(os.path.join(self.directory, file), framework="pt")
+            except Exception as exc:  # safetensors raises its own error type for every bad header
+                raise CheckpointError(f"{file}: not a valid safetensors file ({exc})") from None
+        return self._handles[file]
+
+    def keys(self) -> Iterable[str]:
+        return self._file_of.keys()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._file_of
+
+    def file_of(self, name: str) -> str:
+        return self._file_of[name]
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor `name` (CPU), or CheckpointError naming it if absent or unreadable."""
+        if name not in self._file_of:
+            raise CheckpointError(f"tensor {name!r} is missing from the checkpoint")
+        file = self._file_of[name]
+        try:
+            return self._open(file).get_tensor(name)
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"tensor {name!r} in {file} cannot be read ({exc})") from None
+
+    def shape_dtype(self, name: str) -> tuple[tuple[int, ...], str]:
+        """(shape, safetensors dtype string) from the header, without reading data."""
+        try:
+            s = self._open(self._file_of[name]).get_slice(name)
+            return tuple(s.get_shape()), s.get_dtype()
+        except KeyError:
+            raise CheckpointError(f"tensor {name!r} is missing from the checkpoint") from None
+        except Exception as exc:
+            raise CheckpointError(f"tensor {name!r} header cannot be read ({exc})") from None
+
+    def nbytes(self, name: str) -> int:
+        shape, dtype = self.shape_dtype(name)
+        numel = 1
+        for d in shape:
+            numel *= d
+        return numel * _DTYPE_BYTES.get(dtype, 1)
+
+    def optional(self, name: str) -> Optional[torch.Tensor]:
+        return self.get(name) if name in self._file_of else None
+
+
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
+                "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}

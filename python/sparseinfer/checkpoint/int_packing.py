@@ -1,0 +1,39 @@
+"""compressed-tensors ``pack-quantized`` int32 packing: values stored as q + 2^(b-1), LSB first,
+32 // b per int32 along the input dimension (so each little-endian int32 holds consecutive
+columns in ascending bit order)."""
+from __future__ import annotations
+
+import torch
+
+from .errors import CheckpointError
+
+
+def packed_width(cols: int, bits: int) -> int:
+    return -(-cols // (32 // bits))
+
+
+def pack_int32(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """int8 [rows, cols] with values in the signed b-bit range -> int32 [rows, ceil(cols * b / 32)]."""
+    rows, cols = q.shape
+    per_word = 32 // bits
+    padded = torch.zeros(rows, packed_width(cols, bits) * per_word, dtype=torch.int32)
+    padded[:, :cols] = q.to(torch.int32) + (1 << (bits - 1))
+    words = padded.view(rows, -1, per_word).to(torch.int64) << (bits * torch.arange(per_word))
+    words = words.sum(-1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def unpack_int32(packed: torch.Tensor, bits: int, cols: int, name: str) -> torch.Tensor:
+    """Inverse of pack_int32, validating the untrusted array (`name` goes in the errors)."""
+    if packed.dtype != torch.int32 or packed.dim() != 2:
+        raise CheckpointError(f"{name}: must be a 2-D int32 tensor, got {packed.dtype} of shape {tuple(packed.shape)}")
+    if packed.shape[1] != packed_width(cols, bits):
+        raise CheckpointError(f"{name}: {packed.shape[1]} int32 per row, but {cols} columns of {bits} bits "
+                              f"need {packed_width(cols, bits)}")
+    rows = packed.shape[0]
+    as_bytes = packed.contiguous().view(torch.uint8).view(rows, -1)  # little-endian: low byte first
+    if bits == 8:
+        unsigned = as_bytes
+    else:  # 4 bits: low nibble first
+        unsigned = torch.stack((as_bytes & 0xF, as_bytes >> 4), dim=-1).view(rows, -1)
+    return (unsigned[:, :cols].to(torch.int16) - (1 << (bits - 1))).to(torch.int8)

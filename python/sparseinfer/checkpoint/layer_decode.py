@@ -1,0 +1,224 @@
+"""One Linear's stored tensors -> the layer that runs them: CSRLinear / Sparse24Linear /
+Int8Linear, or a dense weight where no kernel of ours pays. Every array is validated here, once,
+before a kernel sees it; errors name the tensor."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .._native import FLOAT_DTYPES
+from ..formats import CSR, FormatError, Int8, Sparse24
+from ..formats.int8 import GROUP_MULTIPLE, MAX_COLS
+from ..nn import CSRLinear, Int8Linear, Sparse24Linear
+from ..nn.linear_like import is_hf_conv1d, linear_features
+from . import compression_config as cc
+from .errors import CheckpointError
+from .files import TensorReader
+from .int_packing import unpack_int32
+
+SPARSE_KEYS = ("shape", "compressed", "bitmask")
+# Above this sparsity CSR beats the 2:4 kernel even on a 2:4-compatible weight.
+CSR_OVER_24_SPARSITY = 0.7
+
+
+class Notes:
+    """Load-time notices, one warning per kind naming how many layers and which."""
+
+    def __init__(self):
+        self._layers: dict[str, list[str]] = defaultdict(list)
+
+    def add(self, message: str, layer: str) -> None:
+        self._layers[message].append(layer)
+
+    def messages(self) -> list[str]:
+        out = []
+        for message, layers in self._layers.items():
+            shown = ", ".join(layers[:3]) + (", ..." if len(layers) > 3 else "")
+            out.append(f"{message} ({len(layers)} layer{'s' if len(layers) > 1 else ''}: {shown})")
+        return out
+
+
+def stored_kind(reader: TensorReader, name: str) -> Optional[str]:
+    """'sparse', 'packed', 'int8', 'dense', or None if no weight tensor of `name` is stored."""
+    present = [f"{name}.{k}" in reader for k in SPARSE_KEYS]
+    if any(present):
+        if not all(present):
+            missing = [k for k, ok in zip(SPARSE_KEYS, present) if not ok]
+            raise CheckpointError(f"tensor {name}.{missing[0]!s} is missing (the layer's other sparse "
+                                  "tensors are present)")
+        return "sparse"
+    if f"{name}.weight_packed" in reader:
+        return "packed"
+    if f"{name}.weight" in reader:
+        return "int8" if reader.shape_dtype(f"{name}.weight")[1] == "I8" else "dense"
+    return None
+
+
+def _float_dtype(module: nn.Module, fallback: torch.dtype) -> torch.dtype:
+    dtype = module.weight.dtype
+    return dtype if dtype in FLOAT_DTYPES else fallback
+
+
+def _bias(reader: TensorReader, name: str, module: nn.Module, rows: int, dtype) -> Optional[torch.Tensor]:
+    key = f"{name}.bias"
+    has = getattr(module, "bias", None) is not None
+    if not has:
+        if key in reader:
+            raise CheckpointError(f"tensor {key} is stored, but the model's layer has no bias")
+        return None
+    bias = reader.get(key)
+    if bias.dtype not in FLOAT_DTYPES or tuple(bias.shape) != (rows,):
+        raise CheckpointError(f"tensor {key}: must be a float tensor of shape ({rows},), got {bias.dtype} "
+                              f"of shape {tuple(bias.shape)}")
+    return bias.to(dtype)
+
+
+def _checked_shape(name: str, got: tuple[int, int], want: tuple[int, int], key: str) -> None:
+    if tuple(got) != tuple(want):
+        raise CheckpointError(f"tensor {name}.{key}: weight shape {tuple(got)} does not match the model's "
+                              f"layer [out, in] = {tuple(want)}")
+
+
+def _shape_of(reader: TensorReader, key: str) -> tuple[int, int]:
+    t = reader.get(key)
+    if t.dtype not in (torch.int32, torch.int64) or t.numel() != 2:
+        raise CheckpointError(f"tensor {key}: must hold two integers (int32/int64), got {t.dtype} "
+                              f"of shape {tuple(t.shape)}")
+    rows, cols = (int(v) for v in t.flatten().tolist())
+    return rows, cols
+
+
+def _fill_dense(module: nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Module:
+    """Put a dense [out, in] weight into the model's own Linear / Conv1D."""
+    w = weight.t().contiguous() if is_hf_conv1d(module) else weight.contiguous()
+    module.weight = nn.Parameter(w, requires_grad=False)
+    if bias is not None:
+        module.bias = nn.Parameter(bias, requires_grad=False)
+    return module
+
+
+def decode_layer(reader: TensorReader, name: str, module: nn.Module, kind: str, config: cc.CompressionConfig,
+                 min_sparsity: float, notes: Notes) -> nn.Module:
+    """The module to put at `name` for its stored tensors (kind from stored_kind, not 'dense')."""
+    rows, cols = linear_features(module)
+    try:
+        if kind == "sparse":
+            return _decode_sparse(reader, name, module, (rows, cols), config, min_sparsity, notes)
+        return _decode_quantized(reader, name, module, (rows, cols), kind, config, notes)
+    except CheckpointError:
+        raise
+    except FormatError as exc:
+        raise CheckpointError(f"layer {name}: {exc}") from None
+
+
+def _decode_sparse(reader, name, module, features, config, min_sparsity, notes) -> nn.Module:
+    fmt = config.sparsity_format
+    if fmt not in (cc.SPARSE_BITMASK, cc.SPARSE_24_BITMASK):
+        raise CheckpointError(f"tensor {name}.compressed is stored, but config.json quantization_config."
+                              f"sparsity_config.format is {fmt!r} (needs sparse-bitmask or sparse-24-bitmask)")
+    if reader.shape_dtype(f"{name}.compressed")[1] == "I8":
+        raise CheckpointError(f"layer {name}: sparse + quantized weights (int8 values in {fmt}) are not "
+                              "supported yet")
+    _checked_shape(name, _shape_of(reader, f"{name}.shape"), features, "shape")
+    compressed, bitmask = reader.get(f"{name}.compressed"), reader.get(f"{name}.bitmask")
+    dtype = _float_dtype(module, compressed.dtype if compressed.dtype in FLOAT_DTYPES else torch.float32)
+    bias = _bias(reader, name, module, features[0], dtype)
+    shape = reader.get(f"{name}.shape")
+    if fmt == cc.SPARSE_24_BITMASK:
+        return _with_weight(Sparse24Linear, Sparse24.from_bitmask(compressed, bitmask, shape), bias, dtype)
+    csr = CSR.from_bitmask(compressed, bitmask, shape, reader.optional(f"{name}.row_offsets"))
+    if csr.sparsity < CSR_OVER_24_SPARSITY and Sparse24.first_violation(dense := csr.to_dense()) is None:
+        return _with_weight(Sparse24Linear, Sparse24.from_dense(dense), bias, dtype)
+    if csr.sparsity >= min_sparsity:
+        return _with_weight(CSRLinear, csr, bias, dtype)
+    notes.add(f"sparse-bitmask layers below min_sparsity={min_sparsity} run dense (no sparse kernel pays there)", name)
+    return _fill_dense(module, csr.to_dense().to(dtype), bias)
+
+
+def _with_weight(layer_cls, weight, bias: Optional[torch.Tensor], dtype: torch.dtype, **attrs) -> nn.Module:
+    return layer_cls.from_weight(weight.to(dtype) if weight.dtype != dtype else weight, bias, **attrs)
+
+
+def _decode_quantized(reader, name, module, features, kind, config, notes) -> nn.Module:
+    scheme = config.scheme_for(name, module)
+    key = f"{name}.weight_packed" if kind == "packed" else f"{name}.weight"
+    if scheme is None:
+        raise CheckpointError(f"tensor {key} is quantized, but no config_groups entry of config.json "
+                              f"quantization_config targets layer {name}")
+    rows, cols = features
+    if kind == "packed":
+        if scheme.format != cc.PACK_QUANTIZED:
+            raise CheckpointError(f"tensor {key} is pack-quantized, but the config names {scheme.format!r} for {name}")
+        _checked_shape(name, _shape_of(reader, f"{name}.weight_shape"), features, "weight_shape")
+        q = unpack_int32(reader.get(key), scheme.num_bits, cols, key)
+    else:
+        q = reader.get(key)
+    if q.dtype != torch.int8 or q.dim() != 2:
+        raise CheckpointError(f"tensor {key}: must be 2-D int8, got {q.dtype} of shape {tuple(q.shape)}")
+    _checked_shape(name, tuple(q.shape), features, key.rsplit(".", 1)[1])
+    for extra in ("weight_g_idx",):
+        if f"{name}.{extra}" in reader:
+            raise CheckpointError(f"tensor {name}.{extra}: activation-order (g_idx) weights are not supported")
+    scale = reader.get(f"{name}.weight_scale")
+    if scale.dtype not in FLOAT_DTYPES:
+        raise CheckpointError(f"tensor {name}.weight_scale: dtype must be one of {FLOAT_DTYPES}, got {scale.dtype}")
+    if scheme.strategy == "tensor":
+        if scale.numel() != 1:
+            raise CheckpointError(f"tensor {name}.weight_scale: per-tensor scale must hold one value, "
+                                  f"got shape {tuple(scale.shape)}")
+        scale = scale.reshape(1, 1).expand(rows, 1).contiguous()
+    dtype = _float_dtype(module, scale.dtype)
+    bias = _bias(reader, name, module, rows, dtype)
+    zero_point = reader.optional(f"{name}.weight_zero_point")
+    asymmetric = not scheme.symmetric or (zero_point is not None and bool((zero_point != 0).any()))
+    group_size = scheme.group_size
+    runs_int8 = not asymmetric and cols <= MAX_COLS and (group_size is None or group_size % GROUP_MULTIPLE == 0)
+    if scheme.num_bits == 4:
+        notes.add("4-bit pack-quantized weights run on the int8 kernels (the same values, stored in "
+                  "8 bits: no int4 kernel yet)" if runs_int8 else
+                  "4-bit pack-quantized weights are dequantized to dense", name)
+    if scheme.act_note and runs_int8:
+        notes.add(scheme.act_note, name)
+    if runs_int8:
+        weight = Int8.from_quantized(q, _per_group(scale, rows, cols, group_size, name), group_size, dtype=dtype)
+        return _with_weight(Int8Linear, weight, bias, dtype, act=scheme.act)
+    if asymmetric and kind == "packed":
+        raise CheckpointError(f"layer {name}: asymmetric pack-quantized weights are not supported")
+    why = ("asymmetric" if asymmetric else f"in_features {cols} > {MAX_COLS}" if cols > MAX_COLS
+           else f"group_size {group_size} is not a multiple of {GROUP_MULTIPLE}")
+    notes.add(f"quantized weights that the int8 kernels cannot run ({why}) are dequantized to dense", name)
+    scale = _per_group(scale, rows, cols, group_size, name)
+    zp = torch.zeros_like(scale) if zero_point is None else _zero_points(zero_point, scale.shape, name)
+    return _fill_dense(module, _dequantize(q, scale, zp, group_size).to(dtype), bias)
+
+
+def _per_group(scale: torch.Tensor, rows: int, cols: int, group_size: Optional[int], name: str) -> torch.Tensor:
+    groups = 1 if group_size is None else -(-cols // group_size)
+    if scale.dim() == 1 and groups == 1:
+        scale = scale.unsqueeze(-1)
+    if tuple(scale.shape) != (rows, groups):
+        raise CheckpointError(f"tensor {name}.weight_scale: shape must be {(rows, groups)} for a {rows}x{cols} "
+                              f"weight with group_size={group_size}, got {tuple(scale.shape)}")
+    bad = ~torch.isfinite(scale) | (scale < 0)
+    if bool(bad.any()):
+        r, g = (int(v) for v in bad.nonzero()[0])
+        raise CheckpointError(f"tensor {name}.weight_scale: [{r}, {g}] is {float(scale[r, g])}; scales must be "
+                              "finite and >= 0")
+    return scale
+
+
+def _zero_points(zero_point: torch.Tensor, shape, name: str) -> torch.Tensor:
+    if zero_point.dtype.is_floating_point or zero_point.numel() != shape[0] * shape[1]:
+        raise CheckpointError(f"tensor {name}.weight_zero_point: must be an integer tensor with {shape[0] * shape[1]} "
+                              f"values, got {zero_point.dtype} of shape {tuple(zero_point.shape)}")
+    return zero_point.reshape(shape).float()
+
+
+def _dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: Optional[int]) -> torch.Tensor:
+    cols = q.shape[1]
+    per_col = (lambda t: t.expand(-1, cols)) if group_size is None else (
+        lambda t: t.repeat_interleave(group_size, dim=1)[:, :cols])
+    return (q.float() - per_col(zero_point)) * per_col(scale.float())
