@@ -5,7 +5,8 @@ import contextlib
 from typing import Iterator
 
 from ._native import _C, _cuda, cuda_built
-from . import ops, reference, formats, nn, compress
+from . import ops, reference, formats, nn, compress, checkpoint
+from .checkpoint import CheckpointError, inspect, load, save
 from .formats import CSR, Int8, Sparse24
 from .nn import CSRLinear, Int8Linear, Sparse24Linear, sparsify, SparsifyReport
 
@@ -13,7 +14,7 @@ __version__ = _C.build_info()["version"]
 
 __all__ = [
     "CSR", "CSRLinear", "Int8", "Int8Linear", "Sparse24", "Sparse24Linear", "sparsify", "SparsifyReport", "ops",
-    "reference", "formats", "nn", "compress",
+    "reference", "formats", "nn", "compress", "checkpoint", "save", "load", "inspect", "CheckpointError",
     "cpu_features", "build_info", "set_cpu_isa", "cpu_isa", "cuda_built", "cuda_build_info",
 ]
 

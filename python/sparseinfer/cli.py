@@ -1,4 +1,5 @@
-"""`sparseinfer` command line: bench (sparse kernels vs dense, the main job) and info."""
+"""`sparseinfer` command line: bench (sparse kernels vs dense, the main job), inspect (what a
+compressed checkpoint holds) and info."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="force a CPU ISA tier (reference/avx2/avx512/avx512_vnni/amx)")
     bench.add_argument("--min-time", type=float, default=0.3, help="seconds per measurement")
     bench.add_argument("--json", metavar="PATH", help="also write results + machine info as JSON")
+    inspect = sub.add_parser("inspect", help="per-layer format, shape, sparsity and bytes vs dense of a "
+                                             "checkpoint directory (ours or compressed-tensors')")
+    inspect.add_argument("directory", help="checkpoint directory (safetensors + config.json)")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of the table")
     sub.add_parser("info", help="print CPU features, build and dispatch information")
     return parser
 
@@ -172,11 +177,20 @@ def _info() -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    from .checkpoint import inspect
+    info = inspect(args.directory)
+    print(json.dumps(info.to_dict(), indent=2) if args.json else info)
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bench":
             return _bench(args)
+        if args.command == "inspect":
+            return _inspect(args)
         return _info()
     except (ValueError, RuntimeError) as exc:
         print(f"sparseinfer: error: {exc}", file=sys.stderr)

@@ -37,7 +37,7 @@ class Notes:
         out = []
         for message, layers in self._layers.items():
             shown = ", ".join(layers[:3]) + (", ..." if len(layers) > 3 else "")
-            out.append(f"{message} ({len(layers)} layer{'s' if len(layers) > 1 else ''}: {shown})")
+            out.append(f"{message}; {len(layers)} layer{'s' if len(layers) > 1 else ''}: {shown}")
         return out
 
 
@@ -82,7 +82,7 @@ def _checked_shape(name: str, got: tuple[int, int], want: tuple[int, int], key: 
                               f"layer [out, in] = {tuple(want)}")
 
 
-def _shape_of(reader: TensorReader, key: str) -> tuple[int, int]:
+def stored_shape(reader: TensorReader, key: str) -> tuple[int, int]:
     t = reader.get(key)
     if t.dtype not in (torch.int32, torch.int64) or t.numel() != 2:
         raise CheckpointError(f"tensor {key}: must hold two integers (int32/int64), got {t.dtype} "
@@ -122,7 +122,7 @@ def _decode_sparse(reader, name, module, features, config, min_sparsity, notes) 
     if reader.shape_dtype(f"{name}.compressed")[1] == "I8":
         raise CheckpointError(f"layer {name}: sparse + quantized weights (int8 values in {fmt}) are not "
                               "supported yet")
-    _checked_shape(name, _shape_of(reader, f"{name}.shape"), features, "shape")
+    _checked_shape(name, stored_shape(reader, f"{name}.shape"), features, "shape")
     compressed, bitmask = reader.get(f"{name}.compressed"), reader.get(f"{name}.bitmask")
     dtype = _float_dtype(module, compressed.dtype if compressed.dtype in FLOAT_DTYPES else torch.float32)
     bias = _bias(reader, name, module, features[0], dtype)
@@ -152,7 +152,7 @@ def _decode_quantized(reader, name, module, features, kind, config, notes) -> nn
     if kind == "packed":
         if scheme.format != cc.PACK_QUANTIZED:
             raise CheckpointError(f"tensor {key} is pack-quantized, but the config names {scheme.format!r} for {name}")
-        _checked_shape(name, _shape_of(reader, f"{name}.weight_shape"), features, "weight_shape")
+        _checked_shape(name, stored_shape(reader, f"{name}.weight_shape"), features, "weight_shape")
         q = unpack_int32(reader.get(key), scheme.num_bits, cols, key)
     else:
         q = reader.get(key)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-import torch
 from torch import nn
 
 from .errors import CheckpointError
@@ -49,10 +48,10 @@ def build_hf_model(directory: str, config_data: dict) -> nn.Module:
         # The quantization config is ours to apply; transformers would try its own quantizer.
         if hasattr(config, "quantization_config"):
             delattr(config, "quantization_config")
-        dtype = getattr(config, "torch_dtype", None)
-        dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
-        with parameters_on_meta(), transformers.modeling_utils.no_init_weights():
-            model = cls._from_config(config, torch_dtype=dtype)
+        no_init = getattr(transformers.modeling_utils, "no_init_weights", contextlib.nullcontext)
+        with parameters_on_meta(), no_init():
+            model = cls._from_config(config)  # in the config's dtype
+        model.tie_weights()  # tied embeddings are stored once: the load fills both names
     except CheckpointError:
         raise
     except Exception as exc:  # transformers validates the config with many exception types

@@ -33,3 +33,10 @@ def linear_features(module: nn.Module) -> tuple[int, int]:
     """(out_features, in_features) of an nn.Linear or HF Conv1D (works on meta tensors)."""
     rows, cols = module.weight.shape
     return (cols, rows) if is_hf_conv1d(module) else (rows, cols)
+
+
+def replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` at dotted path `name` of `model`."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -12,7 +12,7 @@ from ..formats.int8 import check_group_size
 from ..ops import _int8_act_code
 from .csr_linear import CSRLinear
 from .int8_linear import Int8Linear
-from .linear_like import is_linear_like, linear_weight
+from .linear_like import is_linear_like, linear_weight, replace_submodule
 from .sparse24_linear import Sparse24Linear
 
 FORMATS = {"csr": CSRLinear, "2:4": Sparse24Linear, "int8": Int8Linear}
@@ -107,11 +107,5 @@ def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
             sparse = layer_cls.from_dense(weight, bias, **options)
             entry.sparse_bytes = sparse.weight.nbytes()
             entry.converted = True
-            _replace(model, name, sparse)
+            replace_submodule(model, name, sparse)
     return report
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)

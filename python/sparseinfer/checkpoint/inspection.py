@@ -1,0 +1,151 @@
+"""sparseinfer.inspect / `sparseinfer inspect DIR`: what a checkpoint holds, layer by layer
+(format, shape, sparsity, stored bytes vs the dense weight), without building a model."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..formats.bits import popcount
+from . import compression_config as cc
+from .errors import CheckpointError
+from .files import CONFIG_FILE, TensorReader, read_json
+from .int_packing import packed_width, unpack_int32
+from .layer_decode import stored_shape
+
+_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+_DTYPE_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    format: str
+    shape: tuple[int, int]
+    dtype: str            # of the dense weight it stands for
+    sparsity: float       # fraction of exact zeros in the weight
+    stored_bytes: int     # the weight's tensors as stored (bias excluded)
+    dense_bytes: int      # the same weight dense in `dtype`
+
+    @property
+    def ratio(self) -> float:
+        return self.dense_bytes / self.stored_bytes if self.stored_bytes else float("inf")
+
+
+@dataclass
+class CheckpointInfo:
+    directory: str
+    layers: list[LayerInfo] = field(default_factory=list)
+    other_bytes: int = 0  # biases, norms, embeddings stored as-is: the same bytes both ways
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.other_bytes + sum(layer.stored_bytes for layer in self.layers)
+
+    @property
+    def dense_bytes(self) -> int:
+        return self.other_bytes + sum(layer.dense_bytes for layer in self.layers)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Dense model bytes / stored bytes, over every tensor of the checkpoint."""
+        return self.dense_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+    def to_dict(self) -> dict:
+        return {"directory": self.directory, "layers": [asdict(layer) for layer in self.layers],
+                "other_bytes": self.other_bytes, "stored_bytes": self.stored_bytes,
+                "dense_bytes": self.dense_bytes, "compression_ratio": self.compression_ratio}
+
+    def __str__(self) -> str:
+        width = max([5] + [len(layer.name) for layer in self.layers])
+        lines = [f"{'layer':{width}s} {'format':22s} {'shape':>12s} {'dtype':>5s} {'sparsity':>8s} "
+                 f"{'stored MB':>10s} {'dense MB':>10s} {'ratio':>6s}"]
+        for l in self.layers:
+            lines.append(f"{l.name:{width}s} {l.format:22s} {f'{l.shape[0]}x{l.shape[1]}':>12s} {l.dtype:>5s} "
+                         f"{l.sparsity:8.3f} {l.stored_bytes / 1e6:10.3f} {l.dense_bytes / 1e6:10.3f} {l.ratio:6.2f}")
+        lines.append(f"{'other tensors':{width}s} {'as stored':22s} {'':>12s} {'':>5s} {'':>8s} "
+                     f"{self.other_bytes / 1e6:10.3f} {self.other_bytes / 1e6:10.3f}")
+        lines.append(f"total: {self.stored_bytes / 1e6:.3f} MB stored vs {self.dense_bytes / 1e6:.3f} MB dense, "
+                     f"compression ratio {self.compression_ratio:.2f}x ({len(self.layers)} weight matrices)")
+        return "\n".join(lines)
+
+
+_LINEAR_PROBE = None
+
+
+def _linear_probe() -> nn.Module:
+    global _LINEAR_PROBE
+    if _LINEAR_PROBE is None:
+        _LINEAR_PROBE = nn.Linear(1, 1, device="meta")
+    return _LINEAR_PROBE
+
+
+def inspect(directory: str) -> CheckpointInfo:
+    """Per weight matrix: format, shape, sparsity and bytes vs dense; raises CheckpointError on
+    malformed data (the same checks as a load, minus those needing the model)."""
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: not a directory")
+    config_path = os.path.join(directory, CONFIG_FILE)
+    config_data = read_json(config_path) if os.path.exists(config_path) else {}
+    config = cc.CompressionConfig.parse(config_data.get("quantization_config"))
+    reader = TensorReader(directory)
+    by_prefix: dict[str, set[str]] = defaultdict(set)
+    for key in reader.keys():
+        prefix, _, leaf = key.rpartition(".")
+        by_prefix[prefix].add(leaf)
+    info = CheckpointInfo(directory)
+    weight_keys = set()
+    for prefix, leaves in sorted(by_prefix.items()):
+        layer = _describe(reader, prefix, leaves, config)
+        if layer is not None:
+            info.layers.append(layer)
+            weight_keys |= {f"{prefix}.{leaf}" for leaf in leaves if leaf != "bias"}
+    info.other_bytes = sum(reader.nbytes(k) for k in reader.keys() if k not in weight_keys)
+    return info
+
+
+def _describe(reader: TensorReader, prefix: str, leaves: set[str], config: cc.CompressionConfig):
+    key = (lambda leaf: f"{prefix}.{leaf}" if prefix else leaf)
+    stored = sum(reader.nbytes(key(leaf)) for leaf in leaves if leaf != "bias")
+    if {"compressed", "bitmask", "shape"} <= leaves:
+        rows, cols = stored_shape(reader, key("shape"))
+        bitmask = reader.get(key("bitmask"))
+        if bitmask.dtype != torch.uint8:
+            raise CheckpointError(f"tensor {key('bitmask')}: must be uint8, got {bitmask.dtype}")
+        nnz = int(popcount(bitmask).sum())
+        fmt = config.sparsity_format or (cc.SPARSE_BITMASK if "row_offsets" in leaves else cc.SPARSE_24_BITMASK)
+        dtype = reader.shape_dtype(key("compressed"))[1]
+        if "weight_scale" in leaves:
+            dtype = reader.shape_dtype(key("weight_scale"))[1]
+        return _info(prefix, fmt, rows, cols, dtype, 1 - nnz / max(1, rows * cols), stored)
+    if "weight_packed" in leaves:
+        rows, cols = stored_shape(reader, key("weight_shape"))
+        scheme = config.scheme_for(prefix, _linear_probe())
+        width = reader.shape_dtype(key("weight_packed"))[0][-1]
+        bits = scheme.num_bits if scheme else next((b for b in (8, 4) if packed_width(cols, b) == width), 8)
+        q = unpack_int32(reader.get(key("weight_packed")), bits, cols, key("weight_packed"))
+        dtype = reader.shape_dtype(key("weight_scale"))[1] if "weight_scale" in leaves else "F32"
+        return _info(prefix, f"{cc.PACK_QUANTIZED} int{bits}", rows, cols, dtype, _zeros(q), stored)
+    if "weight" in leaves:
+        shape, dtype = reader.shape_dtype(key("weight"))
+        if len(shape) != 2:
+            return None
+        weight = reader.get(key("weight"))
+        if dtype == "I8":
+            scale_dtype = reader.shape_dtype(key("weight_scale"))[1] if "weight_scale" in leaves else "F32"
+            return _info(prefix, f"{cc.INT_QUANTIZED} int8", *shape, scale_dtype, _zeros(weight), stored)
+        if dtype in _ELEMENT_BYTES:
+            return _info(prefix, cc.DENSE, *shape, dtype, _zeros(weight), stored)
+    return None
+
+
+def _zeros(t: torch.Tensor) -> float:
+    return float((t == 0).sum()) / max(1, t.numel())
+
+
+def _info(name, fmt, rows, cols, dtype, sparsity, stored) -> LayerInfo:
+    return LayerInfo(name, fmt, (int(rows), int(cols)), _DTYPE_NAMES.get(dtype, dtype.lower()), sparsity,
+                     stored, rows * cols * _ELEMENT_BYTES.get(dtype, 4))

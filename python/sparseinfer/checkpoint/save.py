@@ -1,0 +1,119 @@
+"""sparseinfer.save: a model with our layers -> safetensors + config.json in the compressed-tensors
+layout (CSRLinear / Sparse24Linear as sparse-bitmask or sparse-24-bitmask, Int8Linear as
+int-quantized or 8-bit pack-quantized, everything else dense), readable by compressed-tensors."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..formats import CSR
+from ..nn import CSRLinear, Int8Linear, Sparse24Linear
+from . import compression_config as cc
+from .files import CONFIG_FILE, DEFAULT_MAX_SHARD_BYTES, parse_size, write_tensors
+from .int_packing import pack_int32
+
+SAVE_QUANT_FORMATS = (cc.INT_QUANTIZED, cc.PACK_QUANTIZED)
+
+
+def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZED,
+         max_shard_size=DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+    """Write `model` to `directory`: its state_dict as safetensors (sharded with
+    model.safetensors.index.json above `max_shard_size`, bytes or like "2GB") and config.json
+    (the Hugging Face config when the model has one) with ``quantization_config``.
+
+    Sparse layers are stored as sparse-24-bitmask when all are Sparse24Linear, else all as
+    sparse-bitmask. Int8Linear layers are stored as `quant_format`: "int-quantized" (int8 weight,
+    what vLLM reads) or "pack-quantized" (8-bit values in int32 words). Tensors shared under
+    several names (tied embeddings) are stored once. Returns the written file names."""
+    if quant_format not in SAVE_QUANT_FORMATS:
+        raise ValueError(f"quant_format must be one of {list(SAVE_QUANT_FORMATS)}, got {quant_format!r}")
+    max_shard_bytes = parse_size(max_shard_size)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]
+    if meta:
+        raise ValueError(f"model has tensors on the meta device, nothing to save: {', '.join(meta[:5])}")
+
+    csr = _named(model, CSRLinear)
+    sparse24 = _named(model, Sparse24Linear)
+    int8 = _named(model, Int8Linear)
+    tensors = _unique_cpu_tensors(model.state_dict())
+    if csr and sparse24:  # one sparsity format per checkpoint: the general one
+        for name, layer in sparse24.items():
+            _store_as_sparse_bitmask(tensors, name, layer)
+    if quant_format == cc.PACK_QUANTIZED:
+        for name in int8:
+            _store_as_packed(tensors, name)
+
+    sparse_fmt = cc.SPARSE_BITMASK if csr else cc.SPARSE_24_BITMASK
+    sparse_layers = {**csr, **sparse24}
+    quantized: dict[tuple[str, Optional[int]], list[str]] = {}
+    for name, layer in int8.items():
+        quantized.setdefault((layer.act, layer.group_size), []).append(name)
+    qc = cc.build({sparse_fmt: list(sparse_layers)} if sparse_layers else {}, quantized, quant_format,
+                  _global_sparsity(sparse_layers.values()))
+
+    os.makedirs(directory, exist_ok=True)
+    files = write_tensors(tensors, directory, max_shard_bytes)
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        json.dump(_config_json(model, qc), f, indent=2, sort_keys=True)
+    return files + [CONFIG_FILE]
+
+
+def _named(model: nn.Module, cls) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if type(m) is cls}
+
+
+def _unique_cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors; a tensor stored under several names keeps the first name only,
+    and distinct views of one storage get their own copy (safetensors refuses shared memory)."""
+    out, seen_views, seen_storage = {}, set(), set()
+    for name, t in state.items():
+        t = t.detach()
+        view = (t.device, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+        if view in seen_views:
+            continue
+        seen_views.add(view)
+        storage = (t.device, t.untyped_storage().data_ptr()) if t.numel() else None
+        t = t.cpu().contiguous()
+        if storage is not None and storage in seen_storage:
+            t = t.clone()
+        seen_storage.add(storage)
+        out[name] = t
+    return out
+
+
+def _store_as_sparse_bitmask(tensors: dict, name: str, layer: Sparse24Linear) -> None:
+    compressed, bitmask, row_offsets, shape = CSR.from_dense(layer.weight.to_dense().cpu()).to_bitmask()
+    tensors.update({f"{name}.shape": shape, f"{name}.compressed": compressed, f"{name}.bitmask": bitmask,
+                    f"{name}.row_offsets": row_offsets})
+
+
+def _store_as_packed(tensors: dict, name: str) -> None:
+    q = tensors.pop(f"{name}.weight")
+    tensors[f"{name}.weight_packed"] = pack_int32(q, 8)
+    tensors[f"{name}.weight_shape"] = torch.tensor(list(q.shape), dtype=torch.int64)
+
+
+def _global_sparsity(layers) -> float:
+    total = sum(layer.in_features * layer.out_features for layer in layers)
+    zeros = sum(layer.in_features * layer.out_features * layer.sparsity for layer in layers)
+    return round(zeros / total, 6) if total else 0.0
+
+
+def _config_json(model: nn.Module, qc: Optional[dict]) -> dict:
+    config = getattr(model, "config", None)
+    if hasattr(config, "to_dict") and getattr(config, "model_type", None):
+        data = config.to_dict()
+        data.pop("quantization_config", None)
+        if not data.get("architectures"):
+            data["architectures"] = [type(model).__name__]
+    else:  # not a Hugging Face model: config.json holds the compression only
+        data = {}
+    if qc is not None:
+        data["quantization_config"] = qc
+    return data
