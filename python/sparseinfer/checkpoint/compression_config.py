@@ -47,9 +47,13 @@ def _get(d: dict, key: str, path: str, types, default=None, required: bool = Fal
     return value
 
 
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true or false"}
+
+
 def _type_names(types) -> str:
     types = types if isinstance(types, tuple) else (types,)
-    return " or ".join(t.__name__ for t in types)
+    return " or ".join(_JSON_NAMES.get(t, t.__name__) for t in types)
 
 
 def _names(d: dict, key: str, path: str) -> list[str]:

@@ -102,7 +102,7 @@ class TensorReader:
                 keys = set(self._open(file).keys())
                 for name in (k for k, v in weight_map.items() if v == file):
                     if name not in keys:
-                        raise CheckpointError(f"{INDEX_FILE}: tensor {name!r} is mapped to {file}, which lacks it")
+                        raise CheckpointError(f"{INDEX_FILE}: tensor {name} is mapped to {file}, which lacks it")
                     self._file_of[name] = file
         elif os.path.exists(os.path.join(directory, SINGLE_FILE)):
             self._file_of = {k: SINGLE_FILE for k in self._open(SINGLE_FILE).keys()}
@@ -129,14 +129,14 @@ class TensorReader:
     def get(self, name: str) -> torch.Tensor:
         """The tensor `name` (CPU), or CheckpointError naming it if absent or unreadable."""
         if name not in self._file_of:
-            raise CheckpointError(f"tensor {name!r} is missing from the checkpoint")
+            raise CheckpointError(f"tensor {name} is missing from the checkpoint")
         file = self._file_of[name]
         try:
             return self._open(file).get_tensor(name)
         except CheckpointError:
             raise
         except Exception as exc:
-            raise CheckpointError(f"tensor {name!r} in {file} cannot be read ({exc})") from None
+            raise CheckpointError(f"tensor {name} in {file} cannot be read ({exc})") from None
 
     def shape_dtype(self, name: str) -> tuple[tuple[int, ...], str]:
         """(shape, safetensors dtype string) from the header, without reading data."""
@@ -144,9 +144,9 @@ class TensorReader:
             s = self._open(self._file_of[name]).get_slice(name)
             return tuple(s.get_shape()), s.get_dtype()
         except KeyError:
-            raise CheckpointError(f"tensor {name!r} is missing from the checkpoint") from None
+            raise CheckpointError(f"tensor {name} is missing from the checkpoint") from None
         except Exception as exc:
-            raise CheckpointError(f"tensor {name!r} header cannot be read ({exc})") from None
+            raise CheckpointError(f"tensor {name} header cannot be read ({exc})") from None
 
     def nbytes(self, name: str) -> int:
         shape, dtype = self.shape_dtype(name)

@@ -26,9 +26,9 @@ def pack_int32(q: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_int32(packed: torch.Tensor, bits: int, cols: int, name: str) -> torch.Tensor:
     """Inverse of pack_int32, validating the untrusted array (`name` goes in the errors)."""
     if packed.dtype != torch.int32 or packed.dim() != 2:
-        raise CheckpointError(f"{name}: must be a 2-D int32 tensor, got {packed.dtype} of shape {tuple(packed.shape)}")
+        raise CheckpointError(f"tensor {name}: must be a 2-D int32 tensor, got {packed.dtype} of shape {tuple(packed.shape)}")
     if packed.shape[1] != packed_width(cols, bits):
-        raise CheckpointError(f"{name}: {packed.shape[1]} int32 per row, but {cols} columns of {bits} bits "
+        raise CheckpointError(f"tensor {name}: {packed.shape[1]} int32 per row, but {cols} columns of {bits} bits "
                               f"need {packed_width(cols, bits)}")
     rows = packed.shape[0]
     as_bytes = packed.contiguous().view(torch.uint8).view(rows, -1)  # little-endian: low byte first

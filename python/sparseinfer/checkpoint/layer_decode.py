@@ -111,7 +111,9 @@ def decode_layer(reader: TensorReader, name: str, module: nn.Module, kind: str, 
     except CheckpointError:
         raise
     except FormatError as exc:
-        raise CheckpointError(f"layer {name}: {exc}") from None
+        stored = {"qweight": "weight_packed" if kind == "packed" else "weight", "scale": "weight_scale"}
+        key = stored.get(exc.array, exc.array)
+        raise CheckpointError(f"tensor {name}.{key}: {exc.detail}" if key else f"layer {name}: {exc}") from None
 
 
 def _decode_sparse(reader, name, module, features, config, min_sparsity, notes) -> nn.Module:
@@ -175,6 +177,8 @@ def _decode_quantized(reader, name, module, features, kind, config, notes) -> nn
     zero_point = reader.optional(f"{name}.weight_zero_point")
     asymmetric = not scheme.symmetric or (zero_point is not None and bool((zero_point != 0).any()))
     group_size = scheme.group_size
+    if group_size is not None and group_size > cols:
+        group_size = None  # one group per row: per channel
     runs_int8 = not asymmetric and cols <= MAX_COLS and (group_size is None or group_size % GROUP_MULTIPLE == 0)
     if scheme.num_bits == 4:
         notes.add("4-bit pack-quantized weights run on the int8 kernels (the same values, stored in "

@@ -37,7 +37,7 @@ BITMASK_MIN_DENSITY = 0.35
 
 
 def _fail(name: str, message: str) -> None:
-    raise FormatError(f"CSR {name}: {message}")
+    raise FormatError(f"CSR {name}: {message}", array=name, detail=message)
 
 
 @dataclass(frozen=True)

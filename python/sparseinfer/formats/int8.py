@@ -36,7 +36,7 @@ QMAX = 127
 
 
 def _fail(name: str, message: str) -> None:
-    raise FormatError(f"Int8 {name}: {message}")
+    raise FormatError(f"Int8 {name}: {message}", array=name, detail=message)
 
 
 def _ceil(a: int, b: int) -> int:

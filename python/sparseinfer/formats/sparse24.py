@@ -43,7 +43,7 @@ _SHIFTS = 2 * torch.arange(_CHUNK_SLOTS, dtype=torch.int64)
 
 
 def _fail(name: str, message: str) -> None:
-    raise FormatError(f"Sparse24 {name}: {message}")
+    raise FormatError(f"Sparse24 {name}: {message}", array=name, detail=message)
 
 
 def _chunks(cols: int) -> int:
