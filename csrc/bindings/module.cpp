@@ -134,6 +134,35 @@ PYBIND11_MODULE(_C, m) {
       py::arg("m"), py::arg("has_bitmask"));
 
   m.def(
+      "csr_pack_bitmask",
+      [](int64_t rows, int64_t cols, int64_t elem_bytes, uintptr_t compressed, uintptr_t bitmask,
+         uintptr_t row_offsets, uintptr_t cell_offsets, uintptr_t values, uintptr_t local_idx,
+         int num_threads) {
+        constexpr const char* op = "csr_pack_bitmask";
+        require(rows >= 0 && cols >= 0, "negative weight shape", op);
+        require(elem_bytes == 2 || elem_bytes == 4, "elem_bytes must be 2 or 4", op);
+        require(num_threads >= 1, "num_threads must be >= 1", op);
+        require(rows == 0 || cols == 0 || (compressed && bitmask && row_offsets && cell_offsets &&
+                                           values && local_idx), "null pointer", op);
+        CsrBitmaskPack p;
+        p.rows = rows;
+        p.cols = cols;
+        p.elem_bytes = elem_bytes;
+        p.compressed = ptr<const void>(compressed);
+        p.bitmask = ptr<const uint8_t>(bitmask);
+        p.row_offsets = ptr<const int64_t>(row_offsets);
+        p.cell_offsets = ptr<const int64_t>(cell_offsets);
+        p.values = ptr<void>(values);
+        p.local_idx = ptr<uint8_t>(local_idx);
+        if (rows == 0 || cols == 0) return;
+        py::gil_scoped_release release;
+        csr_pack_bitmask(p, num_threads);
+      },
+      py::arg("rows"), py::arg("cols"), py::arg("elem_bytes"), py::arg("compressed"), py::arg("bitmask"),
+      py::arg("row_offsets"), py::arg("cell_offsets"), py::arg("values"), py::arg("local_idx"),
+      py::arg("num_threads"));
+
+  m.def(
       "sparse24_linear",
       [](int64_t m_tokens, uintptr_t x, uintptr_t y, uintptr_t bias, int dtype, int64_t rows,
          int64_t cols, uintptr_t values, uintptr_t meta, int num_threads) {

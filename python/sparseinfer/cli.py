@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="force a CPU ISA tier (reference/avx2/avx512/avx512_vnni/amx)")
     bench.add_argument("--min-time", type=float, default=0.3, help="seconds per measurement")
     bench.add_argument("--json", metavar="PATH", help="also write results + machine info as JSON")
+    load = sub.add_parser("bench-load", help="time sparseinfer.load of Llama-7B-shaped decoder layers (dense, "
+                                             "90%% sparse, int8) against safetensors load_file (same run)")
+    load.add_argument("--layers", type=_positive, default=2, help="decoder layers (default 2)")
+    load.add_argument("--hidden", type=_positive, default=4096, help="hidden size (default 4096, Llama-7B)")
+    load.add_argument("--intermediate", type=_positive, default=11008, help="MLP size (default 11008, Llama-7B)")
+    load.add_argument("--sparsity", type=_sparsity, default=0.9, help="unstructured sparsity (default 0.9)")
+    load.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="weight dtype (default bf16)")
+    load.add_argument("--repeats", type=_positive, default=3, help="timed loads per case; median reported")
+    load.add_argument("--threads", type=_positive, default=None, help="torch.set_num_threads")
+    load.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary directory)")
+    load.add_argument("--json", metavar="PATH", help="also write results + machine info as JSON")
     inspect = sub.add_parser("inspect", help="per-layer format, shape, sparsity and bytes vs dense of a "
                                              "checkpoint directory (ours or compressed-tensors')")
     inspect.add_argument("directory", help="checkpoint directory (safetensors + config.json)")
@@ -177,6 +188,32 @@ def _info() -> int:
     return 0
 
 
+def _bench_load(args) -> int:
+    import tempfile
+
+    from . import benchmarking_checkpoint as bl
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    shape = (args.layers, args.hidden, args.intermediate)
+    with tempfile.TemporaryDirectory(dir=args.dir) as root:
+        step = lambda name: print(f"  {name}", file=sys.stderr)  # noqa: E731
+        print(f"writing {args.layers} decoder layer(s) {args.hidden}/{args.intermediate} {args.dtype}, "
+              f"dense / csr {args.sparsity} / int8 ...", file=sys.stderr)
+        dirs = bl.write_checkpoints(root, *shape, args.sparsity, dtype, progress=step)
+        print("timing loads ...", file=sys.stderr)
+        results = bl.time_loads(dirs, *shape, dtype, repeats=args.repeats, progress=step)
+    print(bl.format_table(results))
+    if args.json:
+        params = {"layers": args.layers, "hidden": args.hidden, "intermediate": args.intermediate,
+                  "sparsity": args.sparsity, "dtype": args.dtype, "repeats": args.repeats,
+                  "threads": torch.get_num_threads()}
+        with open(args.json, "w") as f:
+            json.dump(bl.results_json(results, params), f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _inspect(args) -> int:
     from .checkpoint import inspect
     info = inspect(args.directory)
@@ -191,6 +228,8 @@ def main(argv=None) -> int:
             return _bench(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "bench-load":
+            return _bench_load(args)
         return _info()
     except (ValueError, RuntimeError) as exc:
         print(f"sparseinfer: error: {exc}", file=sys.stderr)

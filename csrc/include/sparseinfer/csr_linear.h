@@ -65,4 +65,20 @@ void csr_linear(const CsrLinearCall& call, int num_threads);
 // Which path csr_linear takes for m (exposed for tests and benchmarks).
 const char* csr_linear_path(const PackedCsr& w, int64_t m);
 
+// Load-time packing from the canonical sparse-bitmask arrays (validated in Python first):
+// compressed values row-major, bitmask [rows, ceil(cols / 8)] little-endian, row_offsets[r] =
+// first value of row r, cell_offsets[p * rows + r] = first output slot of (panel p, row r).
+// Writes values (elem_bytes 2 or 4) and local_idx in the kernel's panel order.
+struct CsrBitmaskPack {
+  int64_t rows = 0, cols = 0;
+  int64_t elem_bytes = 4;
+  const void* compressed = nullptr;
+  const uint8_t* bitmask = nullptr;
+  const int64_t* row_offsets = nullptr;   // [rows]
+  const int64_t* cell_offsets = nullptr;  // [panels * rows]
+  void* values = nullptr;                 // [nnz]
+  uint8_t* local_idx = nullptr;           // [nnz]
+};
+void csr_pack_bitmask(const CsrBitmaskPack& pack, int num_threads);
+
 }  // namespace sparseinfer

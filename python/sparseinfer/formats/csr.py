@@ -24,7 +24,7 @@ from typing import Optional, Union
 
 import torch
 
-from .._native import FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
+from .._native import _C, FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
 from . import csr_cuda
 from .base import PackedWeight
 from .bits import pack_bits, popcount, unpack_bits
@@ -64,8 +64,9 @@ class CSR(PackedWeight):
         """Pack a dense 2-D weight; exact zeros are dropped. The result lives on the weight's device."""
         device = weight.device if isinstance(weight, torch.Tensor) else None
         weight = cls._checked_dense(weight)
-        rows_idx, cols_idx = (weight != 0).nonzero(as_tuple=True)
-        csr = cls._pack(weight.shape, rows_idx, cols_idx, weight[rows_idx, cols_idx], bitmask)
+        nonzero = weight != 0
+        mask_bytes = pack_bits(torch.nn.functional.pad(nonzero, (0, -weight.shape[1] % 8)))
+        csr = cls._pack_bitmask(weight[nonzero], mask_bytes, weight.shape[1], nonzero.sum(1), bitmask)
         return csr.to(device) if device.type == "cuda" else csr
 
     @classmethod
@@ -83,8 +84,7 @@ class CSR(PackedWeight):
         """Pack canonical compressed-tensors ``sparse-bitmask`` arrays after validating them (safe
         on untrusted data). `row_offsets` is checked when given (it is redundant with the bitmask)."""
         rows, cols = cls.validate_bitmask(compressed, bitmask, shape, row_offsets)
-        rows_idx, cols_idx = unpack_bits(bitmask, cols).nonzero(as_tuple=True)  # row-major order
-        return cls._pack((rows, cols), rows_idx, cols_idx, compressed, bitmask_kernel)
+        return cls._pack_bitmask(compressed, bitmask, cols, popcount(bitmask), bitmask_kernel)
 
     @staticmethod
     def validate_bitmask(compressed, bitmask, shape, row_offsets=None) -> tuple[int, int]:
@@ -184,22 +184,69 @@ class CSR(PackedWeight):
 
     @classmethod
     def _pack(cls, shape, rows_idx, cols_idx, values, bitmask) -> "CSR":
+        """From (row, col, value) triples, row-major and column-sorted within a row."""
         rows, cols = int(shape[0]), int(shape[1])
-        nnz = int(values.numel())
         panels = -(-cols // PANEL_COLS)
-        row_blocks = -(-rows // ROW_BLOCK)
         panel = cols_idx // PANEL_COLS
         local = cols_idx - panel * PANEL_COLS
         key = panel * rows + rows_idx  # (panel, row) cell; input is already column-sorted per row
         order = torch.argsort(key, stable=True)
         key = key[order]
         local = local[order]
-        dtype = values.dtype
-        packed_values = torch.zeros(nnz + VALUES_PAD, dtype=dtype)
+        counts = torch.bincount(key, minlength=panels * rows).view(panels, rows)
+        mask_bytes = None
+        if cls._wants_bitmask(bitmask, values.numel(), rows, cols):
+            bits = torch.zeros(panels * rows * PANEL_COLS, dtype=torch.bool)
+            bits[key * PANEL_COLS + local] = True
+            mask_bytes = pack_bits(bits.view(panels, rows, PANEL_COLS))
+        nnz = int(values.numel())
+        packed_values = torch.zeros(nnz + VALUES_PAD, dtype=values.dtype)
         packed_values[:nnz] = values[order]
         packed_idx = torch.zeros(nnz + VALUES_PAD, dtype=torch.uint8)
-        packed_idx[:nnz] = local.to(torch.uint8)
-        counts = torch.bincount(key, minlength=panels * rows).view(panels, rows)
+        packed_idx[:nnz] = local
+        return cls._from_panels((rows, cols), packed_values, packed_idx, counts, mask_bytes)
+
+    @classmethod
+    def _pack_bitmask(cls, compressed: torch.Tensor, bitmask: torch.Tensor, cols: int, row_counts: torch.Tensor,
+                      kernel_bitmask) -> "CSR":
+        """From well-formed sparse-bitmask arrays (row-major values, [rows, ceil(cols / 8)] mask,
+        set bits per row): no sort, one native pass over the non-zeros. A panel's 16 mask
+        bytes of a row are exactly the kernel's 128-bit row mask."""
+        rows = bitmask.shape[0]
+        panels = -(-cols // PANEL_COLS)
+        panel_bytes = PANEL_COLS // 8
+        by_panel = torch.zeros(rows, panels * panel_bytes, dtype=torch.uint8)
+        by_panel[:, :bitmask.shape[1]] = bitmask
+        by_panel = by_panel.view(rows, panels, panel_bytes).transpose(0, 1).contiguous()  # [panels, rows, 16]
+        counts = popcount(by_panel)  # [panels, rows]
+        cell_offsets = (torch.cumsum(counts.flatten(), 0) - counts.flatten()).contiguous()
+        row_offsets = (torch.cumsum(row_counts, 0) - row_counts).to(torch.int64).contiguous()
+        nnz = int(compressed.numel())
+        values = torch.zeros(nnz + VALUES_PAD, dtype=compressed.dtype)
+        local = torch.zeros(nnz + VALUES_PAD, dtype=torch.uint8)
+        compressed = compressed.contiguous()
+        if nnz:
+            _C.csr_pack_bitmask(rows, cols, compressed.element_size(), compressed.data_ptr(),
+                                bitmask.contiguous().data_ptr(),
+                                row_offsets.data_ptr(), cell_offsets.data_ptr(), values.data_ptr(),
+                                local.data_ptr(), torch.get_num_threads())
+        mask_bytes = by_panel if cls._wants_bitmask(kernel_bitmask, nnz, rows, cols) else None
+        return cls._from_panels((rows, cols), values, local, counts, mask_bytes)
+
+    @staticmethod
+    def _wants_bitmask(bitmask, nnz: int, rows: int, cols: int) -> bool:
+        if bitmask == "auto":
+            return nnz / max(1, rows * cols) >= BITMASK_MIN_DENSITY
+        return bool(bitmask)
+
+    @classmethod
+    def _from_panels(cls, shape, packed_values, packed_idx, counts, mask_bytes) -> "CSR":
+        """The kernel layout from the non-zeros in panel order and their in-panel columns
+        (both [nnz + VALUES_PAD], zero padded), the [panels, rows] counts and optional row masks."""
+        rows, cols = shape
+        nnz = int(packed_values.numel()) - VALUES_PAD
+        panels = counts.shape[0]
+        row_blocks = -(-rows // ROW_BLOCK)
         padded = torch.zeros(panels, row_blocks * ROW_BLOCK, dtype=torch.int64)
         padded[:, :rows] = counts
         block_nnz = padded.view(panels, row_blocks, ROW_BLOCK).sum(-1)  # [panels, row_blocks]
@@ -210,14 +257,6 @@ class CSR(PackedWeight):
             torch.cumsum(block_nnz.sum(1), 0) if panels else torch.zeros(0, dtype=torch.int64))
         block_nnz_prefix = torch.zeros(row_blocks + 1, dtype=torch.int64)
         block_nnz_prefix[1:] = torch.cumsum(block_nnz.sum(0), 0)
-        density = nnz / max(1, rows * cols)
-        if bitmask == "auto":
-            bitmask = density >= BITMASK_MIN_DENSITY
-        mask_bytes = None
-        if bitmask:
-            bits = torch.zeros(panels * rows * PANEL_COLS, dtype=torch.bool)
-            bits[key * PANEL_COLS + local] = True
-            mask_bytes = pack_bits(bits.view(panels, rows, PANEL_COLS))
         packed = _Packed(packed_values, packed_idx, counts.to(torch.uint8).contiguous(),
                          block_offsets, block_nnz_prefix, mask_bytes)
         return cls((rows, cols), nnz, packed)

@@ -60,6 +60,8 @@ def _by_group(t: torch.Tensor, groups: int, group_size: Optional[int]) -> torch.
     """[rows, cols] -> [rows, groups, width] zero-padded (width = cols when per channel)."""
     rows, cols = t.shape
     width = cols if group_size is None else group_size
+    if groups * width == cols:
+        return t.contiguous().view(rows, groups, width)
     padded = torch.zeros(rows, groups * width, dtype=t.dtype)
     padded[:, :cols] = t
     return padded.view(rows, groups, width)
@@ -170,12 +172,14 @@ class Int8(PackedWeight):
         rows, cols = q.shape
         groups = scale.shape[1]
         rows_p, kp = _ceil(rows, ROW_BLOCK) * ROW_BLOCK, _ceil(cols, K_BLOCK) * K_BLOCK
-        padded = torch.zeros(rows_p, kp, dtype=torch.int8)
-        padded[:rows, :cols] = q
+        padded = q.contiguous()
+        if (rows_p, kp) != (rows, cols):
+            padded = torch.zeros(rows_p, kp, dtype=torch.int8)
+            padded[:rows, :cols] = q
         qweight = padded.view(rows_p // ROW_BLOCK, ROW_BLOCK, kp // 4, 4).transpose(1, 2).contiguous()
-        wsum = _by_group(q.to(torch.int32), groups, group_size).sum(-1, dtype=torch.int32)
+        wsum = _by_group(q, groups, group_size).sum(-1, dtype=torch.int32)  # no int32 copy of q
         packed = _Packed(qweight, _blocked(wsum, rows_p), _blocked(scale.float().contiguous(), rows_p))
-        return cls((rows, cols), int((q != 0).sum()), packed, group_size, dtype)
+        return cls((rows, cols), int(torch.count_nonzero(q)), packed, group_size, dtype)
 
     # ------------------------------------------------------------------ views
     @property
