@@ -95,14 +95,6 @@ TENSOR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("source, edit, message", TENSOR_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(TENSOR_CASES)])
-def test_bad_tensor_is_named(tmp_path, checkpoints, source, edit, message):
-    directory = _copy(checkpoints[source], tmp_path / "c")
-    _edit_tensors(directory, edit)
-    with pytest.raises(CheckpointError, match=message):
-        _load(directory)
-
-
 CONFIG_CASES = [
     ("csr", lambda c: c["quantization_config"]["sparsity_config"].update(format="sparse-magic"),
      r"sparsity_config\.format names an unknown format 'sparse-magic'"),
@@ -135,10 +127,14 @@ CONFIG_CASES = [
 ]
 
 
-@pytest.mark.parametrize("source, edit, message", CONFIG_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CONFIG_CASES)])
-def test_bad_config_is_named(tmp_path, checkpoints, source, edit, message):
+EDIT_CASES = ([(_edit_tensors, *case) for case in TENSOR_CASES] + [(_edit_config, *case) for case in CONFIG_CASES])
+
+
+@pytest.mark.parametrize("editor, source, edit, message", EDIT_CASES,
+                         ids=[f"{c[0].__name__[6:]}-{c[1]}-{i}" for i, c in enumerate(EDIT_CASES)])
+def test_bad_tensor_or_config_is_named(tmp_path, checkpoints, editor, source, edit, message):
     directory = _copy(checkpoints[source], tmp_path / "c")
-    _edit_config(directory, edit)
+    editor(directory, edit)
     with pytest.raises(CheckpointError, match=message):
         _load(directory)
 

@@ -153,11 +153,11 @@ class TensorReader:
         numel = 1
         for d in shape:
             numel *= d
-        return numel * _DTYPE_BYTES.get(dtype, 1)
+        return numel * DTYPE_BYTES.get(dtype, 1)
 
     def optional(self, name: str) -> Optional[torch.Tensor]:
         return self.get(name) if name in self._file_of else None
 
 
-_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
+DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
                 "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}

@@ -2,6 +2,7 @@
 (format, shape, sparsity, stored bytes vs the dense weight), without building a model."""
 from __future__ import annotations
 
+import functools
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -12,12 +13,11 @@ from torch import nn
 from ..formats.bits import popcount
 from . import compression_config as cc
 from .errors import CheckpointError
-from .files import CONFIG_FILE, TensorReader, read_json
+from .files import CONFIG_FILE, DTYPE_BYTES, TensorReader, read_json
 from .int_packing import packed_width, unpack_int32
 from .layer_decode import stored_shape
 
-_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
-_DTYPE_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}
+_DTYPE_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}  # the float dtypes
 
 
 @dataclass
@@ -73,14 +73,10 @@ class CheckpointInfo:
         return "\n".join(lines)
 
 
-_LINEAR_PROBE = None
-
-
+@functools.lru_cache(maxsize=1)
 def _linear_probe() -> nn.Module:
-    global _LINEAR_PROBE
-    if _LINEAR_PROBE is None:
-        _LINEAR_PROBE = nn.Linear(1, 1, device="meta")
-    return _LINEAR_PROBE
+    """A stand-in module for matching config targets by class ("Linear") without a model."""
+    return nn.Linear(1, 1, device="meta")
 
 
 def inspect(directory: str) -> CheckpointInfo:
@@ -137,7 +133,7 @@ def _describe(reader: TensorReader, prefix: str, leaves: set[str], config: cc.Co
         if dtype == "I8":
             scale_dtype = reader.shape_dtype(key("weight_scale"))[1] if "weight_scale" in leaves else "F32"
             return _info(prefix, f"{cc.INT_QUANTIZED} int8", *shape, scale_dtype, _zeros(weight), stored)
-        if dtype in _ELEMENT_BYTES:
+        if dtype in _DTYPE_NAMES:
             return _info(prefix, cc.DENSE, *shape, dtype, _zeros(weight), stored)
     return None
 
@@ -148,4 +144,4 @@ def _zeros(t: torch.Tensor) -> float:
 
 def _info(name, fmt, rows, cols, dtype, sparsity, stored) -> LayerInfo:
     return LayerInfo(name, fmt, (int(rows), int(cols)), _DTYPE_NAMES.get(dtype, dtype.lower()), sparsity,
-                     stored, rows * cols * _ELEMENT_BYTES.get(dtype, 4))
+                     stored, rows * cols * DTYPE_BYTES.get(dtype, 4))

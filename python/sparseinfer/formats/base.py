@@ -3,7 +3,22 @@ from __future__ import annotations
 
 import torch
 
+from typing import Callable
+
 from .._native import FLOAT_DTYPES
+
+
+def canonical_shape(shape, fail: Callable[[str, str], None]) -> tuple[int, int]:
+    """(rows, cols) from a canonical ``shape`` (a sequence, or an int tensor [2] / [2, 1]);
+    calls fail("shape", why) unless it holds two non-negative integers."""
+    try:
+        dims = shape.flatten().tolist() if isinstance(shape, torch.Tensor) else list(shape)
+        rows, cols = (int(s) for s in dims)
+    except (TypeError, ValueError):
+        fail("shape", f"must be two integers, got {shape!r}")
+    if rows < 0 or cols < 0:
+        fail("shape", f"must be non-negative, got {(rows, cols)}")
+    return rows, cols
 
 
 class PackedWeight:

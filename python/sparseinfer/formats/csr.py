@@ -26,7 +26,7 @@ import torch
 
 from .._native import _C, FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
 from . import csr_cuda
-from .base import PackedWeight
+from .base import PackedWeight, canonical_shape
 from .bits import pack_bits, popcount, unpack_bits
 from .csr_cuda import CsrCudaPacked
 from .errors import FormatError
@@ -89,13 +89,7 @@ class CSR(PackedWeight):
     @staticmethod
     def validate_bitmask(compressed, bitmask, shape, row_offsets=None) -> tuple[int, int]:
         """Prove ``sparse-bitmask`` arrays are well formed; returns (rows, cols) or raises FormatError."""
-        try:
-            dims = shape.flatten().tolist() if isinstance(shape, torch.Tensor) else list(shape)
-            rows, cols = (int(s) for s in dims)
-        except (TypeError, ValueError):
-            _fail("shape", f"must be two integers, got {shape!r}")
-        if rows < 0 or cols < 0:
-            _fail("shape", f"must be non-negative, got {(rows, cols)}")
+        rows, cols = canonical_shape(shape, _fail)
         arrays = [("compressed", compressed), ("bitmask", bitmask)]
         if row_offsets is not None:
             arrays.append(("row_offsets", row_offsets))

@@ -30,7 +30,7 @@ import torch
 
 from .._native import FLOAT_DTYPES, SPARSE24_CHUNK_COLS
 from . import sparse24_cuda
-from .base import PackedWeight
+from .base import PackedWeight, canonical_shape
 from .bits import pack_bits, unpack_bits
 from .errors import FormatError
 from .sparse24_cuda import Sparse24CudaPacked
@@ -169,13 +169,7 @@ class Sparse24(PackedWeight):
     @classmethod
     def validate_bitmask(cls, compressed, bitmask, shape) -> tuple[int, int]:
         """Prove canonical arrays are well formed; returns (rows, cols) or raises FormatError."""
-        try:
-            dims = shape.flatten().tolist() if isinstance(shape, torch.Tensor) else list(shape)
-            rows, cols = (int(s) for s in dims)
-        except (TypeError, ValueError):
-            _fail("shape", f"must be two integers, got {shape!r}")
-        if rows < 0 or cols < 0:
-            _fail("shape", f"must be non-negative, got {(rows, cols)}")
+        rows, cols = canonical_shape(shape, _fail)
         for name, t in (("compressed", compressed), ("bitmask", bitmask)):
             if not isinstance(t, torch.Tensor):
                 _fail(name, f"must be a torch.Tensor, got {type(t).__name__}")
