@@ -11,6 +11,7 @@ from torch import nn
 
 from .._native import FLOAT_DTYPES
 from ..formats import CSR, FormatError, Int8, Sparse24
+from ..formats.bits import unpack_bits
 from ..formats.int8 import GROUP_MULTIPLE, MAX_COLS
 from ..nn import CSRLinear, Int8Linear, Sparse24Linear
 from ..nn.linear_like import is_hf_conv1d, linear_features
@@ -124,20 +125,27 @@ def _decode_sparse(reader, name, module, features, config, min_sparsity, notes) 
     if reader.shape_dtype(f"{name}.compressed")[1] == "I8":
         raise CheckpointError(f"layer {name}: sparse + quantized weights (int8 values in {fmt}) are not "
                               "supported yet")
-    _checked_shape(name, stored_shape(reader, f"{name}.shape"), features, "shape")
+    rows, cols = stored_shape(reader, f"{name}.shape")
+    _checked_shape(name, (rows, cols), features, "shape")
     compressed, bitmask = reader.get(f"{name}.compressed"), reader.get(f"{name}.bitmask")
     dtype = _float_dtype(module, compressed.dtype if compressed.dtype in FLOAT_DTYPES else torch.float32)
-    bias = _bias(reader, name, module, features[0], dtype)
-    shape = reader.get(f"{name}.shape")
+    bias = _bias(reader, name, module, rows, dtype)
     if fmt == cc.SPARSE_24_BITMASK:
-        return _with_weight(Sparse24Linear, Sparse24.from_bitmask(compressed, bitmask, shape), bias, dtype)
-    csr = CSR.from_bitmask(compressed, bitmask, shape, reader.optional(f"{name}.row_offsets"))
-    if csr.sparsity < CSR_OVER_24_SPARSITY and Sparse24.first_violation(dense := csr.to_dense()) is None:
-        return _with_weight(Sparse24Linear, Sparse24.from_dense(dense), bias, dtype)
-    if csr.sparsity >= min_sparsity:
-        return _with_weight(CSRLinear, csr, bias, dtype)
-    notes.add(f"sparse-bitmask layers below min_sparsity={min_sparsity} run dense (no sparse kernel pays there)", name)
-    return _fill_dense(module, csr.to_dense().to(dtype), bias)
+        return _with_weight(Sparse24Linear, Sparse24.from_bitmask(compressed, bitmask, (rows, cols)), bias, dtype)
+    row_offsets = reader.optional(f"{name}.row_offsets")
+    sparsity = 1 - compressed.numel() / max(1, rows * cols)  # the length is validated before any use
+    if sparsity < CSR_OVER_24_SPARSITY or sparsity < min_sparsity:  # may run as 2:4 or dense: decide first
+        CSR.validate_bitmask(compressed, bitmask, (rows, cols), row_offsets)
+        mask = unpack_bits(bitmask, cols)
+        dense = torch.zeros(rows, cols, dtype=compressed.dtype)
+        dense[mask] = compressed
+        if sparsity < CSR_OVER_24_SPARSITY and Sparse24.first_violation(mask) is None:
+            return _with_weight(Sparse24Linear, Sparse24.from_dense(dense), bias, dtype)
+        if sparsity < min_sparsity:
+            notes.add(f"sparse-bitmask layers below min_sparsity={min_sparsity} run dense (no sparse kernel "
+                      "pays there)", name)
+            return _fill_dense(module, dense.to(dtype), bias)
+    return _with_weight(CSRLinear, CSR.from_bitmask(compressed, bitmask, (rows, cols), row_offsets), bias, dtype)
 
 
 def _with_weight(layer_cls, weight, bias: Optional[torch.Tensor], dtype: torch.dtype, **attrs) -> nn.Module:

@@ -89,11 +89,12 @@ def _load_layers(model: nn.Module, reader: TensorReader, config: CompressionConf
 
 
 def _device_of(module: nn.Module) -> Optional[torch.device]:
-    for tensor in (getattr(module, "bias", None), getattr(module, "weight", None)):
-        if isinstance(tensor, torch.Tensor):
-            return tensor.device
-    weight = getattr(module, "weight", None)
-    return getattr(weight, "device", None)
+    """Where a Linear-like module lives (its weight is a tensor, or one of our packed weights)."""
+    for attr in ("bias", "weight"):
+        device = getattr(getattr(module, attr, None), "device", None)
+        if device is not None:
+            return device
+    return None
 
 
 def _load_remaining(model: nn.Module, reader: TensorReader, skip_modules: set[str]) -> set[str]:

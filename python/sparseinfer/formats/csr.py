@@ -27,7 +27,7 @@ import torch
 from .._native import _C, FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
 from . import csr_cuda
 from .base import PackedWeight, canonical_shape
-from .bits import pack_bits, popcount, unpack_bits
+from .bits import pack_bits, popcount
 from .csr_cuda import CsrCudaPacked
 from .errors import FormatError
 
@@ -83,12 +83,18 @@ class CSR(PackedWeight):
                      row_offsets: Optional[torch.Tensor] = None, bitmask_kernel: Union[bool, str] = "auto") -> "CSR":
         """Pack canonical compressed-tensors ``sparse-bitmask`` arrays after validating them (safe
         on untrusted data). `row_offsets` is checked when given (it is redundant with the bitmask)."""
-        rows, cols = cls.validate_bitmask(compressed, bitmask, shape, row_offsets)
-        return cls._pack_bitmask(compressed, bitmask, cols, popcount(bitmask), bitmask_kernel)
+        rows, cols, row_counts = cls._checked_bitmask(compressed, bitmask, shape, row_offsets)
+        return cls._pack_bitmask(compressed, bitmask, cols, row_counts, bitmask_kernel)
+
+    @classmethod
+    def validate_bitmask(cls, compressed, bitmask, shape, row_offsets=None) -> tuple[int, int]:
+        """Prove ``sparse-bitmask`` arrays are well formed; returns (rows, cols) or raises FormatError."""
+        rows, cols, _ = cls._checked_bitmask(compressed, bitmask, shape, row_offsets)
+        return rows, cols
 
     @staticmethod
-    def validate_bitmask(compressed, bitmask, shape, row_offsets=None) -> tuple[int, int]:
-        """Prove ``sparse-bitmask`` arrays are well formed; returns (rows, cols) or raises FormatError."""
+    def _checked_bitmask(compressed, bitmask, shape, row_offsets) -> tuple[int, int, torch.Tensor]:
+        """validate_bitmask's checks; also returns the set bits per row (the packer needs them)."""
         rows, cols = canonical_shape(shape, _fail)
         arrays = [("compressed", compressed), ("bitmask", bitmask)]
         if row_offsets is not None:
@@ -123,7 +129,7 @@ class CSR(PackedWeight):
                 r = int(bad[0, 0])
                 _fail("row_offsets", f"row_offsets[{r}] = {int(row_offsets[r])}, but the bitmask puts "
                       f"row {r} at {int(expect[r])}")
-        return rows, cols
+        return rows, cols, counts
 
     @staticmethod
     def validate_arrays(indptr, indices, values, shape) -> tuple[int, int]:

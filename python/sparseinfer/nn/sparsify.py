@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import torch
 from torch import nn
 
 from .._native import FLOAT_DTYPES
