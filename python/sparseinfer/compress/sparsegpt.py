@@ -1,0 +1,120 @@
+"""SparseGPT one-shot pruning (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be
+Accurately Pruned in One-Shot"): prune columns left to right and, after each, update the not-yet-
+processed weights of the row with the inverse-Hessian (H = 2 X^T X over calibration inputs) so the
+layer's output on the calibration data changes as little as possible (Optimal Brain Surgeon).
+Masks are chosen adaptively per block of columns (unstructured) or per N:M group.
+Here the Hessians come from one pass over the unpruned model (not the layer-by-layer pass of the
+paper), which is exact for the first layer and a good approximation for small models."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from ..nn.linear_like import is_hf_conv1d
+from .calibration import Forward, InputCollector, run_batches
+from .masks import PruningMasks
+from .scores import check_sparsity
+from .targets import LayerFilter, prunable_layers, rows_view
+
+
+def input_hessians(model: nn.Module, batches: Iterable, forward: Forward = None, filter: LayerFilter = None,
+                   progress: bool = False) -> dict[str, torch.Tensor]:
+    """H = 2/N * X^T X (float64, [in, in]) over the N calibration tokens of every Linear-like layer."""
+    layers = prunable_layers(model, filter, linear_only=True)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def add(name: str, x: torch.Tensor) -> None:
+        x = x.double()
+        sums[name] = x.t() @ x + sums.get(name, 0)
+        counts[name] = counts.get(name, 0) + x.shape[0]
+
+    with InputCollector(layers, add):
+        run_batches(model, batches, forward, progress, desc="sparsegpt calibration")
+    missing = sorted(set(layers) - set(sums))
+    if missing:
+        raise ValueError(f"calibration never reached layer(s) {missing}; exclude them with filter")
+    return {name: 2.0 * sums[name] / max(1, counts[name]) for name in layers}
+
+
+def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
+                    n_m: Optional[tuple[int, int]] = None, block_size: int = 128,
+                    damping: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pruned and updated weight, keep-mask) for one [out, in] weight. Damping adds
+    damping * mean(diag H) to the diagonal, as the paper does, so H stays invertible."""
+    rows, cols = weight.shape
+    w = weight.detach().double().clone()
+    h = hessian.double().clone()
+    dead = torch.diagonal(h) == 0  # inputs never active: their weights cannot matter
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h.diagonal().add_(damping * float(torch.diagonal(h).mean()))
+    try:
+        h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except RuntimeError as error:  # torch.linalg.LinAlgError subclasses RuntimeError
+        raise ValueError(f"Hessian not positive definite even after damping={damping}; raise damping") from error
+    mask = torch.ones(rows, cols, dtype=torch.bool)
+    n, m = n_m if n_m is not None else (0, 0)
+    if n_m is not None:  # an N:M group must not straddle two blocks
+        block_size = -(-block_size // m) * m
+    for start in range(0, cols, block_size):
+        end = min(start + block_size, cols)
+        block = w[:, start:end].clone()
+        h_block = h_inv[start:end, start:end]
+        diag = torch.diagonal(h_block)
+        errors = torch.zeros_like(block)
+        if n_m is None:  # OBS saliency w^2 / [H^-1]_jj^2, lowest `sparsity` of the block pruned
+            saliency = block ** 2 / diag[None, :] ** 2
+            prune = math.floor(sparsity * saliency.numel())
+            if prune:
+                order = torch.sort(saliency.flatten(), stable=True).indices[:prune]
+                block_mask = torch.ones(saliency.numel(), dtype=torch.bool)
+                block_mask[order] = False
+                mask[:, start:end] = block_mask.view(rows, end - start)
+        for j in range(end - start):
+            col = start + j
+            if n_m is not None and (col % m) == 0:
+                width = min(m, cols - col)
+                group = block[:, j:j + width] ** 2 / diag[None, j:j + width] ** 2
+                drop = max(0, width - n)
+                if drop:
+                    lowest = torch.sort(group, dim=1, stable=True).indices[:, :drop]
+                    mask[:, col:col + width].scatter_(1, lowest, False)
+            kept = block[:, j] * mask[:, col]
+            err = (block[:, j] - kept) / diag[j]
+            block[:, j:] -= err[:, None] * h_block[j, j:][None, :]
+            block[:, j] = kept
+            errors[:, j] = err
+        w[:, start:end] = block
+        w[:, end:] -= errors @ h_inv[start:end, end:]
+    w *= mask
+    return w.to(weight.dtype), mask
+
+
+def prune_sparsegpt(model: nn.Module, batches: Iterable, sparsity: float = 0.5, forward: Forward = None,
+                    filter: LayerFilter = None, n_m: Optional[tuple[int, int]] = None, block_size: int = 128,
+                    damping: float = 0.01, progress: bool = False) -> PruningMasks:
+    """SparseGPT-prune every Linear-like layer in place (weights are pruned AND updated); returns the
+    attached masks (.finish("csr"/"2:4") swaps in sparse layers)."""
+    if n_m is None:
+        check_sparsity(sparsity)
+    elif not (isinstance(n_m, tuple) and len(n_m) == 2 and all(isinstance(v, int) for v in n_m)
+              and 0 <= n_m[0] <= n_m[1] and n_m[1] >= 1):
+        raise ValueError(f"n_m must be a tuple (n, m) of integers with 0 <= n <= m, got {n_m!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if not damping > 0:
+        raise ValueError(f"damping must be > 0, got {damping!r}")
+    layers = prunable_layers(model, filter, linear_only=True)
+    hessians = input_hessians(model, batches, forward, filter, progress)
+    masks = {}
+    for name, module in layers.items():
+        weight = rows_view(module, module.weight.detach())
+        pruned, keep = sparsegpt_layer(weight, hessians[name], sparsity, n_m, block_size, damping)
+        with torch.no_grad():
+            module.weight.copy_(pruned.t() if is_hf_conv1d(module) else pruned)
+        masks[name] = keep.t().contiguous() if is_hf_conv1d(module) else keep
+    return PruningMasks(model, masks)
