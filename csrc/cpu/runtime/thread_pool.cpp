@@ -21,18 +21,42 @@ inline void cpu_relax() {
 // between two layers, short enough not to steal a core from the next dense op.
 constexpr auto kSpin = std::chrono::microseconds(100);
 
+// Tasks are claimed, not assigned: a run's tasks are handed out through one atomic counter that
+// also carries the run's generation, and the caller claims tasks too. When a worker cannot get a
+// core (torch's OpenMP threads keep spinning for a while after every dense op), the caller simply
+// runs the remaining tasks itself instead of waiting a scheduler time slice for that worker.
 struct Pool {
   std::mutex busy;  // held by the caller for a whole run
   std::vector<std::thread> workers;
   std::atomic<uint32_t> generation{0};
+  std::atomic<uint64_t> claims{0};  // generation << 32 | next task to hand out
   std::atomic<int> sleepers{0};
-  std::atomic<int> remaining{0};
+  std::atomic<int> done{0};
   std::atomic<bool> stopping{false};
   TaskFn fn = nullptr;
   void* ctx = nullptr;
   int n_tasks = 0;
 
-  void worker_loop(int id, uint32_t seen) {
+  // Runs tasks of run `gen` until none is left to claim (or a newer run has started).
+  void claim_and_run(uint32_t gen) {
+    uint64_t state = claims.load();
+    for (;;) {
+      if (static_cast<uint32_t>(state >> 32) != gen) return;
+      int task = static_cast<int>(state & 0xffffffffu);
+      // fn/ctx/n_tasks were written before the generation was published; a successful claim
+      // proves the run is still open, so they are this run's values.
+      TaskFn f = fn;
+      void* c = ctx;
+      int n = n_tasks;
+      if (task >= n) return;
+      if (!claims.compare_exchange_weak(state, state + 1)) continue;
+      f(c, task, n);
+      done.fetch_add(1, std::memory_order_release);
+      state = claims.load();
+    }
+  }
+
+  void worker_loop(uint32_t seen) {
     for (;;) {
       auto start = std::chrono::steady_clock::now();
       int spins = 0;
@@ -46,10 +70,7 @@ struct Pool {
       }
       seen = generation.load();
       if (stopping.load()) return;
-      if (id < n_tasks) {
-        fn(ctx, id, n_tasks);
-        remaining.fetch_sub(1, std::memory_order_release);
-      }
+      claim_and_run(seen);
     }
   }
 
@@ -59,13 +80,14 @@ struct Pool {
     stopping.store(false);
     for (int i = 0; i < n_workers; ++i) {
       uint32_t seen = generation.load();
-      workers.emplace_back([this, i, seen] { worker_loop(i + 1, seen); });
+      workers.emplace_back([this, seen] { worker_loop(seen); });
     }
   }
 
   void stop_all() {
     stopping.store(true);
-    generation.fetch_add(1);
+    uint32_t gen = generation.fetch_add(1) + 1;
+    claims.store(static_cast<uint64_t>(gen) << 32);
     generation.notify_all();
     for (auto& w : workers) w.join();
     workers.clear();
@@ -75,11 +97,13 @@ struct Pool {
     fn = f;
     ctx = c;
     n_tasks = tasks;
-    remaining.store(tasks - 1);
-    generation.fetch_add(1);
+    done.store(0);
+    uint32_t gen = generation.load() + 1;
+    claims.store(static_cast<uint64_t>(gen) << 32);  // opens the run's tasks...
+    generation.store(gen);                              // ...then wakes the workers
     if (sleepers.load() > 0) generation.notify_all();
-    f(c, 0, tasks);
-    while (remaining.load(std::memory_order_acquire) > 0) cpu_relax();
+    claim_and_run(gen);
+    while (done.load(std::memory_order_acquire) < tasks) cpu_relax();
   }
 };
 
