@@ -13,7 +13,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..nn.sparsify import SparsifyReport, sparsify
 
 
 class PruningMasks:
@@ -83,11 +82,12 @@ class PruningMasks:
         result["total"] = 1.0 - sum(int(m.sum()) for m in self.masks.values()) / max(1, total)
         return result
 
-    def finish(self, format: Optional[str] = "csr", min_sparsity: float = 0.5, **options) -> Optional[SparsifyReport]:
+    def finish(self, format: Optional[str] = "csr", min_sparsity: float = 0.5, **options):
         """Remove the hooks and, unless format is None, swap the masked layers for sparseinfer's sparse
         layers ("csr" or "2:4", see sparseinfer.sparsify) so the model really gets smaller and faster.
         Layers that do not qualify (e.g. below min_sparsity, Conv2d) stay dense with zeros; the report
-        says which and why."""
+        says which and why. Returns sparseinfer.SparsifyReport (None when format is None)."""
+        from ..nn.sparsify import sparsify  # sparseinfer.nn imports this package: import at call time
         self.apply()
         self.remove()
         if format is None:
