@@ -1,5 +1,5 @@
 """`sparseinfer` command line: bench (sparse kernels vs dense, the main job), inspect (what a
-compressed checkpoint holds) and info."""
+compressed checkpoint holds), quality (every compression method on small trained models) and info."""
 from __future__ import annotations
 
 import argparse
@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("directory", help="checkpoint directory (safetensors + config.json)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of the table")
     sub.add_parser("info", help="print CPU features, build and dispatch information")
+    quality = sub.add_parser("quality", help="train small models on real data (digits MLP/CNN, a char-level "
+                                             "Llama on Python's docs; cached), apply every compression method, "
+                                             "print accuracy/perplexity, size and speed vs dense")
+    quality.add_argument("--tasks", nargs="+", choices=("mlp", "cnn", "lm"), default=["mlp", "cnn", "lm"],
+                         help="which models (default all three)")
+    quality.add_argument("--methods", nargs="+", default=None,
+                         help="only these table rows (method names as printed; dense always runs)")
+    quality.add_argument("--fast", action="store_true", help="smaller models and shorter finetunes (minutes)")
+    quality.add_argument("--no-cache", action="store_true",
+                         help="retrain the dense models (cached under $SPARSEINFER_CACHE or ~/.cache/sparseinfer)")
+    quality.add_argument("--threads", type=_positive, default=None, help="torch.set_num_threads")
+    quality.add_argument("--json", metavar="PATH", help="also write the rows, targets and machine info as JSON")
     return parser
 
 
@@ -214,6 +226,31 @@ def _bench_load(args) -> int:
     return 0
 
 
+def _quality(args) -> int:
+    from .quality.run import TASK_KEYS, as_json, check_targets, default_tasks, format_table, recipes, run_task
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tasks = dict(zip(TASK_KEYS, default_tasks(args.fast)))
+    if args.methods:
+        known = {name for key in args.tasks for name in recipes(tasks[key], args.fast)}
+        unknown = sorted(set(args.methods) - known)
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown} for {args.tasks}; available: {sorted(known)}")
+    rows = []
+    for key in args.tasks:
+        print(f"{tasks[key].name}: training (or cache) and compressing ...", file=sys.stderr)
+        rows += run_task(tasks[key], fast=args.fast, use_cache=not args.no_cache, progress=True,
+                         only=set(args.methods) if args.methods else None)
+    print(format_table(rows))
+    for claim, met, figures in check_targets(rows):
+        print(f"[{'met' if met else 'MISSED'}] {claim}: {figures}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(as_json(rows), f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _inspect(args) -> int:
     from .checkpoint import inspect
     info = inspect(args.directory)
@@ -230,6 +267,8 @@ def main(argv=None) -> int:
             return _inspect(args)
         if args.command == "bench-load":
             return _bench_load(args)
+        if args.command == "quality":
+            return _quality(args)
         return _info()
     except (ValueError, RuntimeError) as exc:
         print(f"sparseinfer: error: {exc}", file=sys.stderr)
