@@ -3,6 +3,7 @@
 documentation (`pydoc_data.topics`, about 465k characters, shipped with CPython)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,7 @@ class CharText:
     alphabet: str
     train: torch.Tensor
     val: torch.Tensor
+    digest: str  # of the source text: pydoc_data differs between Python versions
 
     @property
     def vocab_size(self) -> int:
@@ -64,7 +66,8 @@ class CharText:
 
 def python_docs_text(max_chars: int | None = None, val_fraction: float = 0.1) -> CharText:
     """The Python documentation topics as a character corpus (printable ASCII plus newline; other
-    characters become '?'). The last val_fraction of the text is held out."""
+    characters become '?'). The last val_fraction of the text is held out. The text is the running
+    Python's own, so figures differ slightly between Python versions (`digest` tells them apart)."""
     from pydoc_data.topics import topics
     text = "\n\n".join(topics[key] for key in sorted(topics))
     if max_chars is not None:
@@ -74,4 +77,5 @@ def python_docs_text(max_chars: int | None = None, val_fraction: float = 0.1) ->
     unknown = index["?"]
     tokens = torch.tensor([index.get(c, unknown) for c in text], dtype=torch.long)
     cut = int(len(tokens) * (1 - val_fraction))
-    return CharText(alphabet, tokens[:cut], tokens[cut:])
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return CharText(alphabet, tokens[:cut], tokens[cut:], digest)

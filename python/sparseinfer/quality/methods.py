@@ -57,7 +57,7 @@ def n_m_finetune(steps: int) -> Recipe:
         if steps:
             _finetune(task, model, steps)
         masks.finish("2:4")
-        return Compressed(model, "2:4" + (f", {steps} finetune steps" if steps else ""))
+        return Compressed(model, "2:4" + (f", {steps} ft steps" if steps else ""))
     return run
 
 
@@ -106,7 +106,7 @@ def low_rank(energy: float, finetune_steps: int = 0, lm: bool = False) -> Recipe
         if finetune_steps:
             _finetune(task, model, finetune_steps)
         ratio = report.params_after / max(1, report.params_before)
-        note = f", {finetune_steps} finetune steps" if finetune_steps else ""
+        note = f", {finetune_steps} ft steps" if finetune_steps else ""
         return Compressed(model, f"SVD {energy:.0%} energy, {ratio:.0%} of factorised params{note}")
     return run
 
@@ -120,7 +120,7 @@ def head_pruning(amount: float, finetune_steps: int) -> Recipe:
         if finetune_steps:
             _finetune(task, model, finetune_steps)
         total = sum(report.heads_before.values())
-        return Compressed(model, f"{report.heads_removed} of {total} heads removed, {finetune_steps} finetune steps")
+        return Compressed(model, f"{report.heads_removed} of {total} heads removed, {finetune_steps} ft steps")
     return run
 
 
@@ -133,7 +133,7 @@ def layer_dropping(count: int, finetune_steps: int) -> Recipe:
         layer_drop.drop_layers(model, drop)
         if finetune_steps:
             _finetune(task, model, finetune_steps)
-        return Compressed(model, f"blocks {sorted(drop)} of {len(scores)} dropped, {finetune_steps} finetune steps")
+        return Compressed(model, f"blocks {sorted(drop)} of {len(scores)} dropped, {finetune_steps} ft steps")
     return run
 
 
@@ -182,9 +182,9 @@ def channels(amount: float, method: str, finetune_steps: int, slimming: float = 
             _finetune(task, smaller, finetune_steps)
         before = sum(p.numel() for p in model.parameters())
         after = sum(p.numel() for p in smaller.parameters())
-        note = " after L1 on BN scales" if slimming else ""
+        note = ", L1 on BN scales first" if slimming else ""
         return Compressed(smaller, f"{amount:.0%} channels ({method}{note}), {after / before:.0%} params, "
-                                   f"{finetune_steps} finetune steps")
+                                   f"{finetune_steps} ft steps")
     return run
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import platform
 import time
 from dataclasses import asdict, dataclass
 
@@ -94,14 +93,16 @@ def default_tasks(fast: bool = False) -> list[Task]:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = (f"{'task':18s} {'method':22s} {'setting':44s} {'metric':>10s} {'delta':>7s} "
+    header = (f"{'task':18s} {'method':22s} {'setting':56s} {'metric':>10s} {'delta':>7s} "
               f"{'size KB':>8s} {'size':>6s} {'speed':>6s}")
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r.task:18s} {r.method:22s} {r.setting[:44]:44s} {r.metric:10.2f} {r.delta:+7.2f} "
+        lines.append(f"{r.task:18s} {r.method:22s} {r.setting[:56]:56s} {r.metric:10.2f} {r.delta:+7.2f} "
                      f"{r.size_bytes / 1024:8.1f} {r.size_ratio:5.2f}x {r.speed_vs_dense:5.2f}x")
     lines.append("metric: accuracy % (digits) or perplexity (char LM); delta vs dense; size = state_dict "
-                 "bytes vs dense; speed = dense forward time / this forward time (same run)")
+                 "bytes vs dense; speed = dense forward time / this forward time (same run);\n"
+                 "unstructured, 2:4 and int8 rows compress the Linear layers (the CNN's convolutions stay dense; "
+                 "the LM's output head stays dense when pruning); ft = finetune")
     return "\n".join(lines)
 
 
@@ -124,13 +125,7 @@ def check_targets(rows: list[Row]) -> list[tuple[str, bool, str]]:
     return checks
 
 
-def machine_info() -> dict:
-    import sparseinfer
-    return {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-            "processor": platform.processor(), "threads": torch.get_num_threads(),
-            "isa": sparseinfer.build_info()["active_isa"], "sparseinfer": sparseinfer.__version__}
-
-
 def as_json(rows: list[Row]) -> dict:
+    from ..benchmarking import machine_info
     return {"machine": machine_info(), "rows": [asdict(r) for r in rows],
             "targets": [{"claim": c, "met": ok, "figures": f} for c, ok, f in check_targets(rows)]}

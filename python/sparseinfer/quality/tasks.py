@@ -146,7 +146,7 @@ def char_lm_task(hidden: int = 128, layers: int = 4, heads: int = 4, context: in
     task = Task(
         name=f"char-llama{hidden}x{layers}", metric="perplexity", higher_is_better=False, build=build,
         config={"hidden": hidden, "layers": layers, "heads": heads, "context": context, "steps": train_steps,
-                "batch": batch_size, "lr": lr, "chars": max_chars, "vocab": corpus.vocab_size},
+                "batch": batch_size, "lr": lr, "chars": max_chars, "text": corpus.digest},
         train_batches=batches,
         calibration=lambda count: [w[:, :-1] for w in batches(count, 99)],
         loss=lm_loss,
