@@ -76,3 +76,40 @@ def test_int8_tiers_follow_the_cpu():
     if not has_amx:
         out = _run("amx")
         assert out.returncode != 0 and "does not support" in out.stderr
+
+
+def test_pool_gives_identical_results_whoever_runs_the_tasks():
+    """Tasks go to their own worker or are run by the caller when that worker is late (busy torch
+    OpenMP threads, concurrent Python threads, a pool resize): the output must not change."""
+    import threading
+    w = random_sparse(300, 700, 0.7)
+    csr = CSR.from_dense(w)
+    x = torch.randn(17, 700)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = ops.csr_linear(x, csr)
+        outputs = []
+        for threads in (2, 3, 5, 2):  # resizes the pool between runs
+            torch.set_num_threads(threads)
+            for _ in range(20):
+                torch.randn(256, 256) @ torch.randn(256, 256)  # leaves torch's OpenMP threads spinning
+                outputs.append(ops.csr_linear(x, csr))
+        errors = []
+
+        def hammer():
+            try:
+                for _ in range(50):
+                    if not torch.equal(ops.csr_linear(x, csr), expected):
+                        errors.append("mismatch")
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(repr(exc))
+        workers = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(out, expected) for out in outputs)
+    assert errors == []

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -21,15 +22,19 @@ inline void cpu_relax() {
 // between two layers, short enough not to steal a core from the next dense op.
 constexpr auto kSpin = std::chrono::microseconds(100);
 
-// Tasks are claimed, not assigned: a run's tasks are handed out through one atomic counter that
-// also carries the run's generation, and the caller claims tasks too. When a worker cannot get a
-// core (torch's OpenMP threads keep spinning for a while after every dense op), the caller simply
-// runs the remaining tasks itself instead of waiting a scheduler time slice for that worker.
+// Task t belongs to worker t (the caller owns task 0), so in the usual case every thread works on
+// the same slice of the weights call after call and finds it in its own cache. But a task must be
+// claimed before it runs, and once the caller has finished its own task it claims (steals) every
+// task not yet claimed: when a worker cannot get a core (torch's OpenMP threads keep spinning for
+// a while after every dense op), the caller runs that task itself instead of waiting a scheduler
+// time slice for the worker.
 struct Pool {
   std::mutex busy;  // held by the caller for a whole run
   std::vector<std::thread> workers;
+  // claims[t] = generation << 1 | taken: a claim is a CAS from (gen, open) to (gen, taken), so a
+  // worker that wakes late, for a run already over, can never claim a task of a newer run.
+  std::unique_ptr<std::atomic<uint64_t>[]> claims;
   std::atomic<uint32_t> generation{0};
-  std::atomic<uint64_t> claims{0};  // generation << 32 | next task to hand out
   std::atomic<int> sleepers{0};
   std::atomic<int> done{0};
   std::atomic<bool> stopping{false};
@@ -37,26 +42,22 @@ struct Pool {
   void* ctx = nullptr;
   int n_tasks = 0;
 
-  // Runs tasks of run `gen` until none is left to claim (or a newer run has started).
-  void claim_and_run(uint32_t gen) {
-    uint64_t state = claims.load();
-    for (;;) {
-      if (static_cast<uint32_t>(state >> 32) != gen) return;
-      int task = static_cast<int>(state & 0xffffffffu);
-      // fn/ctx/n_tasks were written before the generation was published; a successful claim
-      // proves the run is still open, so they are this run's values.
-      TaskFn f = fn;
-      void* c = ctx;
-      int n = n_tasks;
-      if (task >= n) return;
-      if (!claims.compare_exchange_weak(state, state + 1)) continue;
-      f(c, task, n);
-      done.fetch_add(1, std::memory_order_release);
-      state = claims.load();
-    }
+  // Runs task t of run `gen` if nobody has claimed it yet. fn/ctx/n_tasks were written before the
+  // generation was published, and a successful claim proves the run is still open (the caller
+  // waits for this task), so the values read are this run's.
+  bool try_run(int task, uint32_t gen) {
+    TaskFn f = fn;
+    void* c = ctx;
+    int n = n_tasks;
+    if (task >= n) return false;
+    uint64_t open = static_cast<uint64_t>(gen) << 1;
+    if (!claims[task].compare_exchange_strong(open, open | 1)) return false;
+    f(c, task, n);
+    done.fetch_add(1, std::memory_order_release);
+    return true;
   }
 
-  void worker_loop(uint32_t seen) {
+  void worker_loop(int id, uint32_t seen) {
     for (;;) {
       auto start = std::chrono::steady_clock::now();
       int spins = 0;
@@ -70,7 +71,7 @@ struct Pool {
       }
       seen = generation.load();
       if (stopping.load()) return;
-      claim_and_run(seen);
+      try_run(id, seen);
     }
   }
 
@@ -78,16 +79,17 @@ struct Pool {
     if (static_cast<int>(workers.size()) == n_workers) return;
     stop_all();
     stopping.store(false);
+    claims.reset(new std::atomic<uint64_t>[n_workers + 1]);
+    for (int t = 0; t <= n_workers; ++t) claims[t].store(1);  // taken in generation 0: no run open
     for (int i = 0; i < n_workers; ++i) {
       uint32_t seen = generation.load();
-      workers.emplace_back([this, seen] { worker_loop(seen); });
+      workers.emplace_back([this, i, seen] { worker_loop(i + 1, seen); });
     }
   }
 
   void stop_all() {
     stopping.store(true);
-    uint32_t gen = generation.fetch_add(1) + 1;
-    claims.store(static_cast<uint64_t>(gen) << 32);
+    generation.fetch_add(1);
     generation.notify_all();
     for (auto& w : workers) w.join();
     workers.clear();
@@ -99,10 +101,11 @@ struct Pool {
     n_tasks = tasks;
     done.store(0);
     uint32_t gen = generation.load() + 1;
-    claims.store(static_cast<uint64_t>(gen) << 32);  // opens the run's tasks...
-    generation.store(gen);                              // ...then wakes the workers
+    for (int t = 0; t < tasks; ++t) claims[t].store(static_cast<uint64_t>(gen) << 1);
+    generation.store(gen);  // opens the run, then wakes the workers
     if (sleepers.load() > 0) generation.notify_all();
-    claim_and_run(gen);
+    try_run(0, gen);
+    for (int t = 1; t < tasks; ++t) try_run(t, gen);  // steal what no worker has started
     while (done.load(std::memory_order_acquire) < tasks) cpu_relax();
   }
 };

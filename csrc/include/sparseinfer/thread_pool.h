@@ -1,7 +1,7 @@
 // A persistent worker pool. Threads are created only when the requested count changes
-// (Python passes torch.get_num_threads() on every call), never per call. The caller and the
-// workers claim tasks from a shared counter, so a worker that cannot get a core delays nothing;
-// idle workers spin briefly, then sleep on a futex.
+// (Python passes torch.get_num_threads() on every call), never per call. Task t runs on worker t
+// (the caller takes task 0) unless that worker is late: the caller then runs it, so a worker that
+// cannot get a core delays nothing. Idle workers spin briefly, then sleep on a futex.
 #pragma once
 #include <cstdint>
 
