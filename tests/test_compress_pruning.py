@@ -251,3 +251,48 @@ def test_bad_arguments_leave_the_model_alone(call, error, match):
     with pytest.raises(error, match=match):
         call(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class TwoHeads(nn.Module):
+    """Two layers reading the very same tensor (like q/k/v), then one more."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(12, 8), nn.Linear(12, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.a(x)) * torch.relu(self.b(x)))
+
+
+def test_execution_groups_follow_shared_inputs():
+    from sparseinfer.compress.calibration import execution_groups
+    model = TwoHeads()
+    layers = {"out": model.out, "a": model.a, "b": model.b}
+    assert execution_groups(model, layers, torch.randn(4, 12)) == [["a", "b"], ["out"]]
+
+
+def test_sequential_wanda_scores_later_layers_on_pruned_activations():
+    model = mlp((20, 16, 5))
+    scales = torch.linspace(0.1, 3.0, 20)
+    data = batches(scales=scales)
+    x = torch.cat(data)
+    w0, b0, w2 = model[0].weight.detach().clone(), model[0].bias.detach(), model[2].weight.detach().clone()
+    masks = prune_wanda(model, data, 0.5, sequential=True)
+    mask0 = masks_from_scores({"0": w0.abs() * x.norm(dim=0)}, 0.5, scope="row")["0"]
+    hidden = torch.relu(x @ (w0 * mask0).t() + b0)  # what layer 2 sees after layer 0 is pruned
+    mask2 = masks_from_scores({"2": w2.abs() * hidden.norm(dim=0)}, 0.5, scope="row")["2"]
+    assert torch.equal(masks.masks["0"], mask0) and torch.equal(masks.masks["2"], mask2)
+    one_pass = masks_from_scores({"2": w2.abs() * torch.relu(x @ w0.t() + b0).norm(dim=0)}, 0.5, scope="row")["2"]
+    assert not torch.equal(mask2, one_pass)  # the test really tells the two procedures apart
+
+
+def test_sequential_sparsegpt_runs_group_by_group():
+    model = TwoHeads()
+    data = batches(cols=12)
+    masks = prune_sparsegpt(model, data, 0.5, sequential=True)
+    for name in ("a", "b", "out"):
+        weight = getattr(model, name).weight.detach()
+        assert int((weight == 0).sum()) == weight.numel() // 2
+        assert torch.equal(weight == 0, ~masks.masks[name])
+    with pytest.raises(ValueError, match="cannot be sequential"):
+        prune_wanda(mlp(), batches(), 0.5, scope="global", sequential=True)

@@ -68,3 +68,77 @@ class InputCollector:
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the layers of interest have seen their input: the rest of the
+    forward pass is not needed."""
+
+
+def execution_groups(model: nn.Module, layers: dict[str, nn.Module], batch: Any,
+                     forward: Forward = None) -> list[list[str]]:
+    """The layers in the order the first batch reaches them, grouped when consecutive layers read
+    the very same input tensor (q/k/v projections, gate/up projections): one group is pruned at
+    once in sequential calibration."""
+    order: list[tuple[str, int]] = []
+
+    def record(name: str, x: torch.Tensor) -> None:
+        if all(seen != name for seen, _ in order):
+            order.append((name, x.data_ptr()))
+
+    with _RawInputHooks(layers, record):
+        run_batches(model, [batch], forward, desc="layer order")
+    groups: list[list[str]] = []
+    for i, (name, ptr) in enumerate(order):
+        if i and ptr == order[i - 1][1]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups
+
+
+class _RawInputHooks(InputCollector):
+    """Like InputCollector, but hands over the input tensor as given (identity matters)."""
+
+    def __init__(self, layers: dict[str, nn.Module], on_input: Callable[[str, torch.Tensor], None]):
+        self._handles = []
+        for name, module in layers.items():
+            def hook(mod, args, kwargs, name=name):
+                on_input(name, args[0] if args else next(iter(kwargs.values())))
+            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+
+def sequential_inputs(model: nn.Module, layers: dict[str, nn.Module], batches: list, forward: Forward,
+                      on_input: Callable[[str, torch.Tensor], None], prune_group: Callable[[list[str]], None],
+                      progress: bool = False) -> None:
+    """Sequential calibration, as Wanda and SparseGPT do it: for each group of layers in execution
+    order, run the calibration batches through the model *as pruned so far* (stopping the forward
+    pass once the group has its inputs), hand those inputs to on_input, then prune_group(names).
+    Later layers thus see the activations the pruned earlier layers really produce."""
+    batches = list(batches)
+    if not batches:
+        raise ValueError("calibration: no batches given")
+    groups = execution_groups(model, layers, batches[0], forward)
+    missing = sorted(set(layers) - {name for group in groups for name in group})
+    if missing:
+        raise ValueError(f"calibration never reached layer(s) {missing}; exclude them with filter")
+    from tqdm.auto import tqdm
+    for group in tqdm(groups, desc="sequential calibration", leave=False, disable=not progress):
+        wanted, pending = set(group), set(group)
+
+        def take(name: str, x: torch.Tensor) -> None:
+            if name in wanted:
+                on_input(name, x)
+                pending.discard(name)
+                if not pending:
+                    raise _StopForward
+
+        def stop_early(model_, batch):
+            pending.update(wanted)
+            try:
+                (forward or call_model)(model_, batch)
+            except _StopForward:
+                pass
+        with InputCollector({name: layers[name] for name in group}, take):
+            run_batches(model, batches, stop_early, desc="calibration")
+        prune_group(group)

@@ -3,8 +3,8 @@ Accurately Pruned in One-Shot"): prune columns left to right and, after each, up
 processed weights of the row with the inverse-Hessian (H = 2 X^T X over calibration inputs) so the
 layer's output on the calibration data changes as little as possible (Optimal Brain Surgeon).
 Masks are chosen adaptively per block of columns (unstructured) or per N:M group.
-Here the Hessians come from one pass over the unpruned model (not the layer-by-layer pass of the
-paper), which is exact for the first layer and a good approximation for small models."""
+By default the Hessians come from one pass over the unpruned model; sequential=True runs the
+paper's layer-by-layer procedure instead."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..nn.linear_like import is_hf_conv1d
-from .calibration import Forward, InputCollector, run_batches
+from .calibration import Forward, InputCollector, run_batches, sequential_inputs
 from .masks import PruningMasks
 from .scores import check_sparsity
 from .targets import LayerFilter, prunable_layers, rows_view
@@ -96,9 +96,13 @@ def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
 
 def prune_sparsegpt(model: nn.Module, batches: Iterable, sparsity: float = 0.5, forward: Forward = None,
                     filter: LayerFilter = None, n_m: Optional[tuple[int, int]] = None, block_size: int = 128,
-                    damping: float = 0.01, progress: bool = False) -> PruningMasks:
+                    damping: float = 0.01, sequential: bool = False, progress: bool = False) -> PruningMasks:
     """SparseGPT-prune every Linear-like layer in place (weights are pruned AND updated); returns the
-    attached masks (.finish("csr"/"2:4") swaps in sparse layers)."""
+    attached masks (.finish("csr"/"2:4") swaps in sparse layers).
+
+    sequential=True (the paper's procedure) prunes layer group by layer group in execution order,
+    each on the Hessian of the inputs the model pruned so far produces: later layers compensate
+    for the error of earlier ones. It costs one calibration pass per group."""
     if n_m is None:
         check_sparsity(sparsity)
     elif not (isinstance(n_m, tuple) and len(n_m) == 2 and all(isinstance(v, int) for v in n_m)
@@ -109,12 +113,31 @@ def prune_sparsegpt(model: nn.Module, batches: Iterable, sparsity: float = 0.5, 
     if not damping > 0:
         raise ValueError(f"damping must be > 0, got {damping!r}")
     layers = prunable_layers(model, filter, linear_only=True)
-    hessians = input_hessians(model, batches, forward, filter, progress)
     masks = {}
-    for name, module in layers.items():
+
+    def prune_layer(name: str, hessian: torch.Tensor) -> None:
+        module = layers[name]
         weight = rows_view(module, module.weight.detach())
-        pruned, keep = sparsegpt_layer(weight, hessians[name], sparsity, n_m, block_size, damping)
+        pruned, keep = sparsegpt_layer(weight, hessian, sparsity, n_m, block_size, damping)
         with torch.no_grad():
             module.weight.copy_(pruned.t() if is_hf_conv1d(module) else pruned)
         masks[name] = keep.t().contiguous() if is_hf_conv1d(module) else keep
+
+    if not sequential:
+        for name, hessian in input_hessians(model, batches, forward, filter, progress).items():
+            prune_layer(name, hessian)
+        return PruningMasks(model, masks)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def add(name: str, x: torch.Tensor) -> None:
+        x = x.double()
+        sums[name] = x.t() @ x + sums.get(name, 0)
+        counts[name] = counts.get(name, 0) + x.shape[0]
+
+    def prune_group(names: list[str]) -> None:
+        for name in names:
+            prune_layer(name, 2.0 * sums[name] / max(1, counts[name]))
+
+    sequential_inputs(model, layers, batches, forward, add, prune_group, progress)
     return PruningMasks(model, masks)
