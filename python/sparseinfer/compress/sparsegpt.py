@@ -20,24 +20,33 @@ from .scores import check_sparsity
 from .targets import LayerFilter, prunable_layers, rows_view
 
 
+class HessianSums:
+    """Running X^T X and token counts per layer; hessian(name) = 2/N * X^T X (float64 [in, in])."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        x = x.double()
+        self.sums[name] = x.t() @ x + self.sums.get(name, 0)
+        self.counts[name] = self.counts.get(name, 0) + x.shape[0]
+
+    def hessian(self, name: str) -> torch.Tensor:
+        return 2.0 * self.sums[name] / max(1, self.counts[name])
+
+
 def input_hessians(model: nn.Module, batches: Iterable, forward: Forward = None, filter: LayerFilter = None,
                    progress: bool = False) -> dict[str, torch.Tensor]:
     """H = 2/N * X^T X (float64, [in, in]) over the N calibration tokens of every Linear-like layer."""
     layers = prunable_layers(model, filter, linear_only=True)
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def add(name: str, x: torch.Tensor) -> None:
-        x = x.double()
-        sums[name] = x.t() @ x + sums.get(name, 0)
-        counts[name] = counts.get(name, 0) + x.shape[0]
-
-    with InputCollector(layers, add):
+    sums = HessianSums()
+    with InputCollector(layers, sums.add):
         run_batches(model, batches, forward, progress, desc="sparsegpt calibration")
-    missing = sorted(set(layers) - set(sums))
+    missing = sorted(set(layers) - set(sums.sums))
     if missing:
         raise ValueError(f"calibration never reached layer(s) {missing}; exclude them with filter")
-    return {name: 2.0 * sums[name] / max(1, counts[name]) for name in layers}
+    return {name: sums.hessian(name) for name in layers}
 
 
 def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
@@ -127,17 +136,11 @@ def prune_sparsegpt(model: nn.Module, batches: Iterable, sparsity: float = 0.5, 
         for name, hessian in input_hessians(model, batches, forward, filter, progress).items():
             prune_layer(name, hessian)
         return PruningMasks(model, masks)
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def add(name: str, x: torch.Tensor) -> None:
-        x = x.double()
-        sums[name] = x.t() @ x + sums.get(name, 0)
-        counts[name] = counts.get(name, 0) + x.shape[0]
+    sums = HessianSums()
 
     def prune_group(names: list[str]) -> None:
         for name in names:
-            prune_layer(name, 2.0 * sums[name] / max(1, counts[name]))
+            prune_layer(name, sums.hessian(name))
 
-    sequential_inputs(model, layers, batches, forward, add, prune_group, progress)
+    sequential_inputs(model, layers, batches, forward, sums.add, prune_group, progress)
     return PruningMasks(model, masks)
