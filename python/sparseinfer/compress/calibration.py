@@ -48,10 +48,12 @@ def run_batches(model: nn.Module, batches: Iterable, forward: Forward = None, pr
 
 
 class InputCollector:
-    """Forward hooks that hand each layer's input, flattened to [tokens, in_features], to a callback.
-    Use it as a context manager: the hooks are removed on exit, also when a batch fails."""
+    """Forward hooks that hand each layer's input, flattened to [tokens, in_features] fp32, to a
+    callback (raw=True: the tensor as given, when its identity matters). Use it as a context
+    manager: the hooks are removed on exit, also when a batch fails."""
 
-    def __init__(self, layers: dict[str, nn.Module], on_input: Callable[[str, torch.Tensor], None]):
+    def __init__(self, layers: dict[str, nn.Module], on_input: Callable[[str, torch.Tensor], None],
+                 raw: bool = False):
         from ..nn.linear_like import linear_features
         self._handles = []
         for name, module in layers.items():
@@ -59,7 +61,7 @@ class InputCollector:
 
             def hook(mod, args, kwargs, name=name, in_features=in_features):
                 x = args[0] if args else next(iter(kwargs.values()))
-                on_input(name, x.detach().reshape(-1, in_features).float())
+                on_input(name, x if raw else x.detach().reshape(-1, in_features).float())
             self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
     def __enter__(self) -> "InputCollector":
@@ -68,6 +70,28 @@ class InputCollector:
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def _check_reached(layers: dict[str, nn.Module], reached) -> None:
+    missing = sorted(set(layers) - set(reached))
+    if missing:
+        raise ValueError(f"calibration never reached layer(s) {missing}; exclude them with filter")
+
+
+def collect_inputs(model: nn.Module, layers: dict[str, nn.Module], batches: Iterable,
+                   on_input: Callable[[str, torch.Tensor], None], forward: Forward = None,
+                   progress: bool = False, desc: str = "calibration") -> None:
+    """One calibration pass handing every layer's flattened inputs to on_input(name, x); a layer
+    the batches never reach is an error (the caller's filter should exclude it)."""
+    reached = set()
+
+    def take(name: str, x: torch.Tensor) -> None:
+        reached.add(name)
+        on_input(name, x)
+
+    with InputCollector(layers, take):
+        run_batches(model, batches, forward, progress, desc=desc)
+    _check_reached(layers, reached)
 
 
 class _StopForward(Exception):
@@ -86,7 +110,7 @@ def execution_groups(model: nn.Module, layers: dict[str, nn.Module], batch: Any,
         if all(seen != name for seen, _ in order):
             order.append((name, x.data_ptr()))
 
-    with _RawInputHooks(layers, record):
+    with InputCollector(layers, record, raw=True):
         run_batches(model, [batch], forward, desc="layer order")
     groups: list[list[str]] = []
     for i, (name, ptr) in enumerate(order):
@@ -95,17 +119,6 @@ def execution_groups(model: nn.Module, layers: dict[str, nn.Module], batch: Any,
         else:
             groups.append([name])
     return groups
-
-
-class _RawInputHooks(InputCollector):
-    """Like InputCollector, but hands over the input tensor as given (identity matters)."""
-
-    def __init__(self, layers: dict[str, nn.Module], on_input: Callable[[str, torch.Tensor], None]):
-        self._handles = []
-        for name, module in layers.items():
-            def hook(mod, args, kwargs, name=name):
-                on_input(name, args[0] if args else next(iter(kwargs.values())))
-            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
 
 def sequential_inputs(model: nn.Module, layers: dict[str, nn.Module], batches: list, forward: Forward,
@@ -119,19 +132,16 @@ def sequential_inputs(model: nn.Module, layers: dict[str, nn.Module], batches: l
     if not batches:
         raise ValueError("calibration: no batches given")
     groups = execution_groups(model, layers, batches[0], forward)
-    missing = sorted(set(layers) - {name for group in groups for name in group})
-    if missing:
-        raise ValueError(f"calibration never reached layer(s) {missing}; exclude them with filter")
+    _check_reached(layers, [name for group in groups for name in group])
     from tqdm.auto import tqdm
     for group in tqdm(groups, desc="sequential calibration", leave=False, disable=not progress):
         wanted, pending = set(group), set(group)
 
         def take(name: str, x: torch.Tensor) -> None:
-            if name in wanted:
-                on_input(name, x)
-                pending.discard(name)
-                if not pending:
-                    raise _StopForward
+            on_input(name, x)
+            pending.discard(name)
+            if not pending:
+                raise _StopForward
 
         def stop_early(model_, batch):
             pending.update(wanted)

@@ -44,7 +44,6 @@ class GradualPruner:
         self.initial_sparsity = float(initial_sparsity)
         self.start_step, self.end_step, self.frequency = start_step, end_step, frequency
         self.scope = scope
-        self.filter = filter
         self.importance = importance or (lambda m: magnitude_scores(m, filter))
         self.steps_done = 0
         self.masks: Optional[PruningMasks] = None

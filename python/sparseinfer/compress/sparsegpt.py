@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..nn.linear_like import is_hf_conv1d
-from .calibration import Forward, InputCollector, run_batches, sequential_inputs
+from .calibration import Forward, collect_inputs, sequential_inputs
 from .masks import PruningMasks
 from .scores import check_sparsity
 from .targets import LayerFilter, prunable_layers, rows_view
@@ -41,11 +41,7 @@ def input_hessians(model: nn.Module, batches: Iterable, forward: Forward = None,
     """H = 2/N * X^T X (float64, [in, in]) over the N calibration tokens of every Linear-like layer."""
     layers = prunable_layers(model, filter, linear_only=True)
     sums = HessianSums()
-    with InputCollector(layers, sums.add):
-        run_batches(model, batches, forward, progress, desc="sparsegpt calibration")
-    missing = sorted(set(layers) - set(sums.sums))
-    if missing:
-        raise ValueError(f"calibration never reached layer(s) {missing}; exclude them with filter")
+    collect_inputs(model, layers, batches, sums.add, forward, progress, desc="sparsegpt calibration")
     return {name: sums.hessian(name) for name in layers}
 
 

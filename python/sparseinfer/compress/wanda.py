@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..nn.linear_like import is_hf_conv1d
-from .calibration import Forward, InputCollector, run_batches, sequential_inputs
+from .calibration import Forward, collect_inputs, sequential_inputs
 from .masks import PruningMasks
 from .scores import SCOPES, check_sparsity, masks_from_scores
 from .targets import LayerFilter, prunable_layers, rows_view
@@ -27,11 +27,7 @@ def input_norms(model: nn.Module, batches: Iterable, forward: Forward = None, fi
         total = (x * x).sum(0)
         squares[name] = total if name not in squares else squares[name] + total
 
-    with InputCollector(layers, add):
-        run_batches(model, batches, forward, progress, desc="wanda calibration")
-    missing = sorted(set(layers) - set(squares))
-    if missing:
-        raise ValueError(f"calibration never reached layer(s) {missing}; exclude them with filter")
+    collect_inputs(model, layers, batches, add, forward, progress, desc="wanda calibration")
     return {name: s.sqrt() for name, s in squares.items()}
 
 

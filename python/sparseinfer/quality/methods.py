@@ -9,6 +9,7 @@ from typing import Callable
 from torch import nn
 
 from .. import compress
+from ..nn.linear_like import is_linear_like
 from .tasks import Task, fit
 
 
@@ -28,7 +29,8 @@ def not_head(name: str, module: nn.Module) -> bool:
 
 
 def linear_only(name: str, module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    """Digits recipes compress the Linear layers (our sparse and int8 layers replace Linears)."""
+    return is_linear_like(module)
 
 
 def _finetune(task: Task, model: nn.Module, steps: int, on_step=None) -> None:
@@ -139,7 +141,7 @@ def layer_dropping(count: int, finetune_steps: int) -> Recipe:
 
 def lm_extras(steps: int) -> dict[str, Recipe]:
     return {
-        **quantization_recipes(steps, lm=True),
+        **quantization_recipes(steps),
         "heads -25%": head_pruning(0.25, steps),
         "drop 1 block": layer_dropping(1, steps),
         "low-rank": low_rank(0.9, steps, lm=True),
@@ -164,7 +166,7 @@ def qat(steps: int) -> Recipe:
     return run
 
 
-def quantization_recipes(steps: int, lm: bool = False) -> dict[str, Recipe]:
+def quantization_recipes(steps: int) -> dict[str, Recipe]:
     return {"int8 PTQ W8A8": ptq("dynamic"), "int8 PTQ weight-only": ptq("none"), "int8 QAT W8A8": qat(steps)}
 
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,10 +38,7 @@ class Task:
     timing_input: torch.Tensor
     train_steps: int
     lr: float
-    extra: dict = field(default_factory=dict)
-
-    def labels(self, batch) -> torch.Tensor:
-        return batch[1]
+    labels: Callable[[object], torch.Tensor] = lambda batch: batch[1]  # the distillation targets
 
     def trained(self, use_cache: bool = True, progress: bool = False) -> nn.Module:
         """The dense model trained with this task's recipe; cached on disk by its config hash."""
@@ -143,7 +140,7 @@ def char_lm_task(hidden: int = 128, layers: int = 4, heads: int = 4, context: in
     def batches(count, seed):
         return list(corpus.windows("train", count * batch_size, context, seed).split(batch_size))
 
-    task = Task(
+    return Task(
         name=f"char-llama{hidden}x{layers}", metric="perplexity", higher_is_better=False, build=build,
         config={"hidden": hidden, "layers": layers, "heads": heads, "context": context, "steps": train_steps,
                 "batch": batch_size, "lr": lr, "chars": max_chars, "text": corpus.digest},
@@ -152,6 +149,4 @@ def char_lm_task(hidden: int = 128, layers: int = 4, heads: int = 4, context: in
         loss=lm_loss,
         logits=lambda model, batch: model(input_ids=batch[:, :-1]).logits,
         evaluate=perplexity, timing_input=val[:8, :-1], train_steps=train_steps, lr=lr,
-        extra={"corpus": corpus})
-    task.labels = lambda batch: batch[:, 1:]
-    return task
+        labels=lambda batch: batch[:, 1:])
