@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import sparseinfer
-from sparseinfer.benchmarking_checkpoint import decoder_layers, write_checkpoints
+from sparseinfer.benchmarks.checkpoint_load import decoder_layers, write_checkpoints
 
 LAYERS, DTYPE = 2, torch.bfloat16
 HIDDEN, INTERMEDIATE = (4096, 11008) if os.environ.get("SPARSEINFER_BENCH_LLAMA7B") else (1024, 2752)

@@ -14,8 +14,10 @@ def test_bench_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["machine"]["sparseinfer"]["active_isa"]
     assert [(r["format"], r["m"]) for r in data["results"]] == [
-        ("csr", 1), ("csr", 17), ("csr", 1), ("csr", 17), ("2:4", 1), ("2:4", 17)]
-    paths = {"csr": ("rows_expand", "rows_gather", "tokens"), "2:4": ("rows", "tokens")}
+        ("csr", 1), ("csr", 17), ("csr", 1), ("csr", 17), ("2:4", 1), ("2:4", 17),
+        ("int8", 1), ("int8", 17), ("int8", 1), ("int8", 17)]  # every registered format by default
+    paths = {"csr": ("rows_expand", "rows_gather", "tokens"), "2:4": ("rows", "tokens"),
+             "int8": ("reference", "avx2_rows", "vnni_rows", "amx_tiles", "dequant_rows")}
     for r in data["results"]:
         assert r["speedup"] > 0 and r["dense_ms"] > 0 and r["path"] in paths[r["format"]]
 
@@ -49,10 +51,10 @@ def test_bench_int8(tmp_path, capsys):
     assert main(["bench", "--format", "int8", "--shapes", "64x256", "--m", "1", "20",
                  "--min-time", "0.01", "--no-ort", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "torch dyn" in text and "64 x 256" in text
+    assert "torch_dynamic_int8" in text and "64 x 256" in text
     data = json.loads(out.read_text())
-    rows = data["int8_results"]
-    assert [(r["act"], r["m"]) for r in rows] == [("dynamic", 1), ("dynamic", 20), ("none", 1), ("none", 20)]
+    rows = data["results"]
+    assert [(r["options"]["act"], r["m"]) for r in rows] == [("dynamic", 1), ("dynamic", 20), ("none", 1), ("none", 20)]
     for r in rows:
-        assert r["speedup"] > 0 and r["vs_torch_dynamic"] > 0 and r["ort_ms"] is None
+        assert r["speedup"] > 0 and r["vs"]["torch_dynamic_int8"] > 0 and "ort_int8" not in r["baseline_ms"]
     assert main(["bench", "--format", "int8", "--group-size", "48", "--shapes", "8x64"]) == 2

@@ -4,6 +4,7 @@ import torch
 
 from sparseinfer import CSR
 from sparseinfer.formats import FormatError
+from sparseinfer.benchmarks.weight_bytes import bytes_read_at
 from conftest import random_sparse
 
 
@@ -43,8 +44,8 @@ def test_bytes_accounting():
     w = random_sparse(256, 512, 0.9)
     csr = CSR.from_dense(w)
     assert csr.dense_nbytes() == 256 * 512 * 4
-    assert csr.bytes_read(1) < csr.nbytes() < csr.dense_nbytes()
-    assert csr.bytes_read(1) >= csr.nnz * 5  # fp32 value + u8 index per non-zero
+    assert bytes_read_at(csr, 1) < csr.nbytes() < csr.dense_nbytes()
+    assert bytes_read_at(csr, 1) >= csr.nnz * 5  # fp32 value + u8 index per non-zero
 
 
 def test_dtype_cast():

@@ -5,6 +5,7 @@ import torch
 import sparseinfer
 from sparseinfer import ops
 from sparseinfer._native import cuda_built
+from sparseinfer.ops.sparse24 import _cuda_native as sparse24_cuda_native
 from sparseinfer.formats.csr import CSR
 from sparseinfer.formats.sparse24 import Sparse24
 
@@ -85,7 +86,7 @@ def test_sparse24_matches_reference(rows, cols, dtype):
 def test_sparse24_fp32_expands_and_matches():
     w = random_2_4(40, 96)
     s24 = Sparse24.from_dense(w).to(DEV)
-    assert ops.sparse24_linear_path(8, s24) == "dense_expand"
+    assert ops.sparse24_linear_path(s24, 8) == "dense_expand"
     x = _x(8, 96, torch.float32)
     _check(ops.sparse24_linear(x, s24), x, w.to(DEV))
 
@@ -93,8 +94,8 @@ def test_sparse24_fp32_expands_and_matches():
 def test_sparse24_paths_and_3d_and_unaligned_x():
     w = random_2_4(64, 256, torch.float16)
     s24 = Sparse24.from_dense(w).to(DEV)
-    assert ops.sparse24_linear_path(16, s24) == "mma_sp_splitk"
-    assert ops.sparse24_linear_path(1024, s24) == "mma_sp_tiled"
+    assert ops.sparse24_linear_path(s24, 16) == "mma_sp_splitk"
+    assert ops.sparse24_linear_path(s24, 1024) == "mma_sp_tiled"
     x = _x(3, 256, torch.float16, lead=(2,))
     y = ops.sparse24_linear(x, s24)
     assert y.shape == (2, 3, 64)
@@ -208,5 +209,5 @@ def test_sparse24_every_kernel_at_every_m(dtype):
     for path in (1, 2):  # split-K (in passes of 64 tokens above 64) and tiled
         for m in (1, 9, 64, 65, 130, 257):
             x = _x(m, 200, dtype)
-            y = ops._sparse24_linear_cuda_native(x, p.values, p.meta, bias, 80, 200, path)
+            y = sparse24_cuda_native(x, p.values, p.meta, bias, 80, 200, path)
             _check(y, x, w.to(DEV), bias)

@@ -6,6 +6,7 @@ import torch
 from sparseinfer import Sparse24
 from sparseinfer.formats import FormatError
 from sparseinfer.formats.sparse24 import kept_per_row
+from sparseinfer.benchmarks.weight_bytes import bytes_read_at
 from conftest import random_2_4
 
 SHAPES = [(0, 8), (1, 1), (1, 2), (3, 5), (2, 6), (7, 7), (5, 32), (9, 33), (70, 300)]
@@ -145,7 +146,7 @@ def test_sizes_and_cast():
     s24 = Sparse24.from_dense(w)
     assert s24.dense_nbytes() == 64 * 4096 * 4
     assert s24.nbytes() == 64 * 2048 * 4 + 64 * 128 * 4  # values + 1 bit per weight
-    assert s24.bytes_read(1) == s24.nbytes()
+    assert bytes_read_at(s24, 1) == s24.nbytes()
     assert s24.sparsity == pytest.approx(0.5)
     half = s24.to(torch.bfloat16)
     half.validate()

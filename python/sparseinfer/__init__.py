@@ -1,63 +1,19 @@
 """sparseinfer: sparse and low-precision inference kernels for PyTorch models."""
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
-from ._native import _C, _cuda, cuda_built
-from . import ops, reference, formats, nn, compress, checkpoint
+from ._native import _C, cuda_built
+from .runtime import build_info, cpu_features, cpu_isa, cuda_build_info, set_cpu_isa
+from . import ops, reference, formats, nn, registry, compress, checkpoint
 from .checkpoint import CheckpointError, inspect, load, save
 from .formats import CSR, Int8, Sparse24
-from .nn import CSRLinear, Int8Linear, Sparse24Linear, sparsify, SparsifyReport
+from .nn import CSRLinear, Int8Linear, Sparse24Linear
+from .swap import LayerReport, SparsifyReport, sparsify
 
 __version__ = _C.build_info()["version"]
 
 __all__ = [
-    "CSR", "CSRLinear", "Int8", "Int8Linear", "Sparse24", "Sparse24Linear", "sparsify", "SparsifyReport", "ops",
-    "reference", "formats", "nn", "compress", "checkpoint", "save", "load", "inspect", "CheckpointError",
+    "CSR", "CSRLinear", "Int8", "Int8Linear", "Sparse24", "Sparse24Linear", "sparsify", "SparsifyReport",
+    "LayerReport", "ops", "reference", "formats", "nn", "registry", "compress", "checkpoint", "save", "load",
+    "inspect", "CheckpointError",
     "cpu_features", "build_info", "set_cpu_isa", "cpu_isa", "cuda_built", "cuda_build_info",
 ]
-
-
-def cuda_build_info() -> dict | None:
-    """The CUDA module's build (SM targets, nvcc, layout constants), or None if not built."""
-    return None if _cuda is None else dict(_cuda.build_info())
-
-
-def cpu_features() -> dict:
-    """CPU and OS features detected at import (cpuid + xgetbv)."""
-    return dict(_C.cpu_features())
-
-
-def build_info() -> dict:
-    """What this build contains and what dispatch chose.
-
-    Keys: version, compiler, compiled_isas, supported_isas (compiled and runnable here),
-    best_isa, active_isa (after SPARSEINFER_CPU_ISA / set_cpu_isa), threads (pool size now).
-    """
-    info = dict(_C.build_info())
-    info.update(
-        compiled_isas=list(_C.compiled_isas()),
-        supported_isas=list(_C.supported_isas()),
-        best_isa=_C.best_isa(),
-        active_isa=_C.active_isa(),
-        thread_pool_size=_C.pool_size(),
-    )
-    return info
-
-
-def set_cpu_isa(name: str) -> None:
-    """Force the CPU kernel tier: 'reference', 'avx2', 'avx512', 'avx512_vnni' or 'amx' (must be
-    supported here; formats without int8 kernels run their avx512 kernels on the last two)."""
-    _C.set_isa(name)
-
-
-@contextlib.contextmanager
-def cpu_isa(name: str) -> Iterator[None]:
-    """Context manager form of set_cpu_isa; restores the previous tier on exit."""
-    previous = _C.active_isa()
-    _C.set_isa(name)
-    try:
-        yield
-    finally:
-        _C.set_isa(previous)

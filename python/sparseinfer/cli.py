@@ -36,31 +36,34 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .benchmarking import DEFAULT_MS, DEFAULT_SHAPES, DEFAULT_SPARSITIES, FORMATS
-    from .benchmarking_int8 import ACTS
+    from . import registry
+    from .benchmarks.linear import DEFAULT_MS, DEFAULT_SHAPES
+    csr_sparsities = registry.get("csr").bench_sparsities
     parser = argparse.ArgumentParser(prog="sparseinfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="time the sparse kernels against dense F.linear (same run)")
+    bench = sub.add_parser("bench", help="time the kernels of every format against their baselines (same run)")
     bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="cpu (default) or cuda: GPU kernels vs cuBLAS and torch's sparse paths; "
                             "without --shapes/--sparsity/--m/--dtype it runs the GPU grid "
                             "(4096x4096, 11008x4096, 4096x11008, 8192x8192; csr 0.7/0.9; m 1..2048; fp16)")
-    bench.add_argument("--format", choices=FORMATS + ("int8",), nargs="+", default=list(FORMATS) + ["int8"],
-                       help="weight formats to time (csr: unstructured; 2:4: semi-structured; int8: "
-                            "W8A8 and weight-only, also against torch dynamic int8 and ONNX Runtime, CPU only)")
-    bench.add_argument("--act", choices=ACTS, nargs="+", default=list(ACTS),
-                       help="int8 activation modes: dynamic (W8A8) and/or none (weight-only)")
-    bench.add_argument("--group-size", type=_positive, default=None,
-                       help="int8 per-group scales over this many input columns (default per channel)")
+    formats = "; ".join(f"{s.name}: {s.summary} (vs {', '.join(s.baselines)})" for s in registry.FORMATS.values())
+    bench.add_argument("--format", choices=registry.names(), nargs="+", default=None,
+                       help=f"weight formats to time (default: all that run on the device; {formats})")
+    for spec, option in registry.options():  # each format's options, e.g. int8 --act / --group-size
+        bench.add_argument(f"--{option.name.replace('_', '-')}", dest=f"opt_{option.name}", nargs="+",
+                           type=option.parse, choices=option.choices, default=None,
+                           help=f"{spec.name}: {option.help} (default: "
+                                f"{' and '.join(map(str, option.bench_values or (option.default,)))})")
     bench.add_argument("--no-ort", action="store_true", help="int8: skip the ONNX Runtime baseline")
     bench.add_argument("--shapes", type=_shape, nargs="+", default=None,
                        help=f"OUTxIN weight shapes (CPU default {' '.join(f'{o}x{i}' for o, i in DEFAULT_SHAPES)})")
     bench.add_argument("--sparsity", type=_sparsity, nargs="+", default=None,
-                       help=f"csr sparsities (CPU default {DEFAULT_SPARSITIES}; 2:4 is 50%% by construction)")
+                       help=f"csr sparsities (CPU default {csr_sparsities}; 2:4 is 50%% by construction)")
     bench.add_argument("--m", type=_positive, nargs="+", default=None,
                        help=f"tokens per call, batch x sequence (CPU default {DEFAULT_MS})")
     bench.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                       help="weight/activation dtype (CPU default fp32, CUDA fp16); dense runs in the same dtype")
+                       help="weight/activation dtype (CPU default fp32, CUDA fp16); dense runs in the same "
+                            "dtype; int8 always times fp32 activations (its baselines take fp32)")
     bench.add_argument("--threads", type=_positive, default=None,
                        help="torch.set_num_threads (default: torch's current setting)")
     bench.add_argument("--isa", default=None,
@@ -98,103 +101,96 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _write_json(path, document) -> None:
+    """Write document() (with machine info) to path, when --json was given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(document(), f, indent=2)
+        print(f"wrote {path}")
+
+
+def _bench_options(args) -> dict:
+    """The registered options given on the command line, validated: name -> list of values."""
+    from . import registry
+    given = {}
+    for spec, option in registry.options():
+        values = getattr(args, f"opt_{option.name}")
+        if values is not None:
+            for value in values:
+                option.check(value)
+            given[option.name] = values
+    return given
+
+
 def _bench(args) -> int:
     from tqdm import tqdm
 
-    import sparseinfer
+    from . import registry
+    from .benchmarks import linear
+    from .benchmarks.baselines import ort_available
+    from .runtime import build_info, set_cpu_isa
     if args.device == "cuda":
         return _bench_cuda(args)
-    from .benchmarking import (DEFAULT_MS, DEFAULT_SHAPES, DEFAULT_SPARSITIES, format_table,
-                               grid_size, results_json, run_grid)
-    args.shapes = args.shapes or list(DEFAULT_SHAPES)
-    args.sparsity = args.sparsity or list(DEFAULT_SPARSITIES)
-    args.m = args.m or list(DEFAULT_MS)
-    args.dtype = args.dtype or "fp32"
-
+    args.format = args.format or list(registry.names())
+    shapes = args.shapes or list(linear.DEFAULT_SHAPES)
+    sparsities = args.sparsity or list(registry.get("csr").bench_sparsities)
+    ms = args.m or list(linear.DEFAULT_MS)
+    dtype = DTYPES[args.dtype or "fp32"]
+    given = _bench_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.isa:
-        sparseinfer.set_cpu_isa(args.isa)
-    if args.group_size is not None:
-        from .formats.int8 import check_group_size
-        check_group_size(args.group_size)
-    sparse_formats = [f for f in args.format if f != "int8"]
-    report = {}
-    if sparse_formats:
-        total = grid_size(sparse_formats, args.shapes, args.sparsity, args.m)
-        print(f"sparseinfer {sparseinfer.__version__}: {' and '.join(sparse_formats)} vs dense F.linear, "
-              f"{DTYPES[args.dtype]}, {torch.get_num_threads()} threads, "
-              f"ISA {sparseinfer.build_info()['active_isa']}", flush=True)
-        with tqdm(total=total, unit="case", file=sys.stderr) as bar:
-            results = run_grid(sparse_formats, args.shapes, args.sparsity, args.m, DTYPES[args.dtype],
-                               args.min_time, progress=lambda r: bar.update(1))
-        print(format_table(results))
-        print("speedup = dense ms / sparse ms in this run; bytes ratio = dense weight bytes / bytes "
-              "the sparse kernel reads (the memory-bound ceiling at m=1)")
-        report = results_json(results)
-    if "int8" in args.format:
-        int8 = _bench_int8(args)
-        report["int8_results"] = int8["results"]
-        report.setdefault("machine", int8["machine"])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _bench_int8(args) -> dict:
-    from tqdm import tqdm
-
-    import sparseinfer
-    from . import benchmarking_int8 as bi
-    with_ort = not args.no_ort and bi.ort_available()
-    if args.dtype != "fp32":
-        print(f"int8: activations are fp32 here (--dtype {args.dtype} applies to csr/2:4)")
-    print(f"\nsparseinfer {sparseinfer.__version__}: int8 ({', '.join(args.act)}) vs dense fp32 F.linear, "
-          f"torch dynamic int8{' and ONNX Runtime int8' if with_ort else ''}, "
-          f"{torch.get_num_threads()} threads, ISA {sparseinfer.build_info()['active_isa']}", flush=True)
-    if not with_ort and not args.no_ort:
+        set_cpu_isa(args.isa)
+    skip = ("ort_int8",) if args.no_ort else ()
+    baselines = dict.fromkeys(b for f in args.format for b in registry.get(f).baselines if b not in skip)
+    print(f"sparseinfer {build_info()['version']}: {', '.join(args.format)} vs {', '.join(baselines)}; "
+          f"{dtype} (int8: float32 activations), {torch.get_num_threads()} threads, "
+          f"ISA {build_info()['active_isa']}", flush=True)
+    if "ort_int8" in baselines and not ort_available():
         print("(onnxruntime not installed: pip install 'sparseinfer[bench]' adds the ORT baseline)")
-    with tqdm(total=bi.grid_size(args.shapes, args.m, args.act), unit="case", file=sys.stderr) as bar:
-        results = bi.run_grid(args.shapes, args.m, args.act, args.group_size, args.min_time, with_ort,
-                              progress=lambda r: bar.update(1))
-    print(bi.format_table(results))
-    print("vs X = X ms / int8 ms in this run; ORT = onnxruntime quantize_dynamic (QInt8 weights, "
-          "per tensor) MatMul; bytes ratio = fp32 weight bytes / int8 bytes read")
-    return bi.results_json(results)
+    with tqdm(total=linear.grid_size(args.format, shapes, sparsities, ms, given, dtype), unit="case",
+              file=sys.stderr) as bar:
+        results = linear.run_grid(args.format, shapes, sparsities, ms, dtype, args.min_time, given, skip,
+                                  progress=lambda r: bar.update(1))
+    print(linear.format_table(results))
+    print("speedup = dense ms / our ms, vs X = X ms / our ms, in this run (dense: F.linear in the same dtype; torch_dynamic_int8: torch.ao "
+          "quantize_dynamic; ort_int8: onnxruntime quantize_dynamic QInt8 MatMul); bytes ratio = dense "
+          "weight bytes / bytes our kernel reads (the memory-bound ceiling at m=1)")
+    _write_json(args.json, lambda: linear.as_json(results))
+    return 0
 
 
 def _bench_cuda(args) -> int:
     from tqdm import tqdm
 
-    import sparseinfer
-    from . import benchmarking_cuda as bc
+    from . import registry
     from ._native import require_cuda
+    from .benchmarks import cuda as bc
+    from .runtime import build_info
     require_cuda("sparseinfer bench --device cuda")
     shapes = args.shapes or list(bc.DEFAULT_SHAPES)
     sparsities = args.sparsity or list(bc.DEFAULT_SPARSITIES)
     ms = args.m or list(bc.DEFAULT_MS)
     dtype = DTYPES[args.dtype or "fp16"]
-    print(f"sparseinfer {sparseinfer.__version__}: {' and '.join(args.format)} vs cuBLAS F.linear "
+    formats = args.format or [s.name for s in registry.FORMATS.values() if "cuda" in s.devices]
+    print(f"sparseinfer {build_info()['version']}: {' and '.join(formats)} vs cuBLAS F.linear "
           f"and torch sparse, {dtype}, {torch.cuda.get_device_name()}", flush=True)
-    with tqdm(total=bc.grid_size(args.format, shapes, sparsities, ms), unit="case", file=sys.stderr) as bar:
-        results = bc.run_grid(args.format, shapes, sparsities, ms, dtype, progress=lambda r: bar.update(1))
+    with tqdm(total=bc.grid_size(formats, shapes, sparsities, ms), unit="case", file=sys.stderr) as bar:
+        results = bc.run_grid(formats, shapes, sparsities, ms, dtype, progress=lambda r: bar.update(1))
     print(bc.format_table(results))
     print("speedup = cuBLAS ms / ms in this run (GPU time, L2 flushed before every call); bytes "
           "ratio = dense weight bytes / bytes our kernel reads")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(bc.results_json(results), f, indent=2)
-        print(f"wrote {args.json}")
+    _write_json(args.json, lambda: bc.as_json(results))
     return 0
 
 
 def _info() -> int:
-    import sparseinfer
-    print(json.dumps({"build": sparseinfer.build_info(), "cpu_features": sparseinfer.cpu_features(),
+    from . import registry
+    from .runtime import build_info, cpu_features, cuda_build_info
+    print(json.dumps({"build": build_info(), "cpu_features": cpu_features(),
+                      "formats": {s.name: s.summary for s in registry.FORMATS.values()},
                       "torch_threads": torch.get_num_threads(),
-                      "cuda_build": sparseinfer.cuda_build_info(),
+                      "cuda_build": cuda_build_info(),
                       "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
                      indent=2))
     return 0
@@ -203,7 +199,7 @@ def _info() -> int:
 def _bench_load(args) -> int:
     import tempfile
 
-    from . import benchmarking_checkpoint as bl
+    from .benchmarks import checkpoint_load as bl
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
@@ -216,13 +212,10 @@ def _bench_load(args) -> int:
         print("timing loads ...", file=sys.stderr)
         results = bl.time_loads(dirs, *shape, dtype, repeats=args.repeats, progress=step)
     print(bl.format_table(results))
-    if args.json:
-        params = {"layers": args.layers, "hidden": args.hidden, "intermediate": args.intermediate,
-                  "sparsity": args.sparsity, "dtype": args.dtype, "repeats": args.repeats,
-                  "threads": torch.get_num_threads()}
-        with open(args.json, "w") as f:
-            json.dump(bl.results_json(results, params), f, indent=2)
-        print(f"wrote {args.json}")
+    params = {"layers": args.layers, "hidden": args.hidden, "intermediate": args.intermediate,
+              "sparsity": args.sparsity, "dtype": args.dtype, "repeats": args.repeats,
+              "threads": torch.get_num_threads()}
+    _write_json(args.json, lambda: bl.results_json(results, params))
     return 0
 
 
@@ -244,10 +237,7 @@ def _quality(args) -> int:
     print(format_table(rows))
     for claim, met, figures in check_targets(rows):
         print(f"[{'met' if met else 'MISSED'}] {claim}: {figures}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(as_json(rows), f, indent=2)
-        print(f"wrote {args.json}")
+    _write_json(args.json, lambda: as_json(rows))
     return 0
 
 

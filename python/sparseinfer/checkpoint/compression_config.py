@@ -12,17 +12,18 @@ from typing import Any, Optional
 
 from torch import nn
 
+from .. import registry
+from ..registry import SPARSE_24_BITMASK, SPARSE_BITMASK  # noqa: F401 (the names loads and inspect use)
 from .errors import CheckpointError
 
 QUANT_METHOD = "compressed-tensors"
 LAYOUT_VERSION = "0.14.0"  # the compressed-tensors release whose tensor layouts we read and write
 DENSE = "dense"
-SPARSE_BITMASK = "sparse-bitmask"
-SPARSE_24_BITMASK = "sparse-24-bitmask"
 INT_QUANTIZED = "int-quantized"
 NAIVE_QUANTIZED = "naive-quantized"
 PACK_QUANTIZED = "pack-quantized"
-SPARSITY_FORMATS = (DENSE, SPARSE_BITMASK, SPARSE_24_BITMASK)
+# what a sparsity_config may name: dense, or the layout of a registered format
+SPARSITY_FORMATS = (DENSE,) + tuple(s.sparsity_format for s in registry.FORMATS.values() if s.sparsity_format)
 QUANT_FORMATS = (INT_QUANTIZED, NAIVE_QUANTIZED, PACK_QUANTIZED)
 # formats compressed-tensors knows that we do not run (named in the error, not "unknown")
 KNOWN_UNSUPPORTED = ("float-quantized", "marlin-24", "mixed-precision", "nvfp4-pack-quantized",
@@ -206,18 +207,19 @@ class CompressionConfig:
         return None
 
 
-def build(sparse: dict[str, list[str]], quantized: dict[tuple[str, Optional[int]], list[str]],
+def build(sparse: dict[str, tuple[str, list[str]]], quantized: dict[tuple[str, Optional[int]], list[str]],
           quant_format: str, global_sparsity: float) -> Optional[dict]:
-    """``quantization_config`` for a save. `sparse` maps a sparsity format to layer names (one
-    format per checkpoint), `quantized` maps (act, group_size) to int8 layer names."""
+    """``quantization_config`` for a save. `sparse` maps a sparsity format to its sparsity
+    structure and layer names (one format per checkpoint), `quantized` maps (act, group_size) to
+    int8 layer names."""
     if not sparse and not quantized:
         return None
     qc: dict[str, Any] = {"quant_method": QUANT_METHOD, "version": LAYOUT_VERSION, "transform_config": {}}
     if sparse:
-        (fmt, names), = sparse.items()
+        (fmt, (structure, names)), = sparse.items()
         qc["sparsity_config"] = {
             "format": fmt, "targets": sorted(names), "ignore": [], "global_sparsity": global_sparsity,
-            "sparsity_structure": "2:4" if fmt == SPARSE_24_BITMASK else "unstructured",
+            "sparsity_structure": structure,
             "registry_requires_subclass": False}
     else:
         qc["sparsity_config"] = {}

@@ -1,6 +1,7 @@
-"""One Linear's stored tensors -> the layer that runs them: CSRLinear / Sparse24Linear /
-Int8Linear, or a dense weight where no kernel of ours pays. Every array is validated here, once,
-before a kernel sees it; errors name the tensor."""
+"""One Linear's stored tensors -> the layer that runs them: the layer of the registered format
+whose layout they are in (CSRLinear / Sparse24Linear / Int8Linear today), or a dense weight where
+no kernel of ours pays. Every array is validated here, once, before a kernel sees it; errors name
+the tensor."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -9,11 +10,11 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import registry
 from .._native import FLOAT_DTYPES
-from ..formats import CSR, FormatError, Int8, Sparse24
+from ..formats import FormatError
 from ..formats.bits import unpack_bits
 from ..formats.int8 import GROUP_MULTIPLE, MAX_COLS
-from ..nn import CSRLinear, Int8Linear, Sparse24Linear
 from ..nn.linear_like import is_hf_conv1d, linear_features
 from . import compression_config as cc
 from .errors import CheckpointError
@@ -119,33 +120,48 @@ def decode_layer(reader: TensorReader, name: str, module: nn.Module, kind: str, 
 
 def _decode_sparse(reader, name, module, features, config, min_sparsity, notes) -> nn.Module:
     fmt = config.sparsity_format
-    if fmt not in (cc.SPARSE_BITMASK, cc.SPARSE_24_BITMASK):
+    spec = registry.for_sparsity_format(fmt)
+    if spec is None:
         raise CheckpointError(f"tensor {name}.compressed is stored, but config.json quantization_config."
-                              f"sparsity_config.format is {fmt!r} (needs sparse-bitmask or sparse-24-bitmask)")
+                              f"sparsity_config.format is {fmt!r} (needs one of {list(cc.SPARSITY_FORMATS[1:])})")
     if reader.shape_dtype(f"{name}.compressed")[1] == "I8":
         raise CheckpointError(f"layer {name}: sparse + quantized weights (int8 values in {fmt}) are not "
                               "supported yet")
     rows, cols = stored_shape(reader, f"{name}.shape")
     _checked_shape(name, (rows, cols), features, "shape")
-    compressed, bitmask = reader.get(f"{name}.compressed"), reader.get(f"{name}.bitmask")
+    arrays = {key: reader.optional(f"{name}.{key}") for key in spec.layer_cls.state_keys()}
+    arrays["shape"] = (rows, cols)  # proved above
+    compressed = arrays["compressed"]
     dtype = _float_dtype(module, compressed.dtype if compressed.dtype in FLOAT_DTYPES else torch.float32)
     bias = _bias(reader, name, module, rows, dtype)
-    if fmt == cc.SPARSE_24_BITMASK:
-        return _with_weight(Sparse24Linear, Sparse24.from_bitmask(compressed, bitmask, (rows, cols)), bias, dtype)
-    row_offsets = reader.optional(f"{name}.row_offsets")
+    if spec.name == registry.GENERAL_SPARSITY_FORMAT:
+        faster = _faster_than_general(name, arrays, (rows, cols), dtype, bias, min_sparsity, notes, module)
+        if faster is not None:
+            return faster
+    return _with_weight(spec.layer_cls, spec.format_cls.from_canonical(arrays), bias, dtype)
+
+
+def _faster_than_general(name, arrays, shape, dtype, bias, min_sparsity, notes, module) -> Optional[nn.Module]:
+    """Unstructured (sparse-bitmask) data that runs faster another way: as 2:4 when its pattern
+    is 2:4 and it is not very sparse, or dense below min_sparsity. None: keep the general format."""
+    rows, cols = shape
+    compressed, bitmask = arrays["compressed"], arrays["bitmask"]
     sparsity = 1 - compressed.numel() / max(1, rows * cols)  # the length is validated before any use
-    if sparsity < CSR_OVER_24_SPARSITY or sparsity < min_sparsity:  # may run as 2:4 or dense: decide first
-        CSR.validate_bitmask(compressed, bitmask, (rows, cols), row_offsets)
-        mask = unpack_bits(bitmask, cols)
-        dense = torch.zeros(rows, cols, dtype=compressed.dtype)
-        dense[mask] = compressed
-        if sparsity < CSR_OVER_24_SPARSITY and Sparse24.first_violation(mask) is None:
-            return _with_weight(Sparse24Linear, Sparse24.from_dense(dense), bias, dtype)
-        if sparsity < min_sparsity:
-            notes.add(f"sparse-bitmask layers below min_sparsity={min_sparsity} run dense (no sparse kernel "
-                      "pays there)", name)
-            return _fill_dense(module, dense.to(dtype), bias)
-    return _with_weight(CSRLinear, CSR.from_bitmask(compressed, bitmask, (rows, cols), row_offsets), bias, dtype)
+    if sparsity >= CSR_OVER_24_SPARSITY and sparsity >= min_sparsity:
+        return None
+    general = registry.get(registry.GENERAL_SPARSITY_FORMAT)
+    general.format_cls.validate_bitmask(compressed, bitmask, (rows, cols), arrays.get("row_offsets"))
+    mask = unpack_bits(bitmask, cols)
+    dense = torch.zeros(rows, cols, dtype=compressed.dtype)
+    dense[mask] = compressed
+    structured = registry.get("2:4")
+    if sparsity < CSR_OVER_24_SPARSITY and structured.format_cls.first_violation(mask) is None:
+        return _with_weight(structured.layer_cls, structured.format_cls.from_dense(dense), bias, dtype)
+    if sparsity < min_sparsity:
+        notes.add(f"sparse-bitmask layers below min_sparsity={min_sparsity} run dense (no sparse kernel "
+                  "pays there)", name)
+        return _fill_dense(module, dense.to(dtype), bias)
+    return None
 
 
 def _with_weight(layer_cls, weight, bias: Optional[torch.Tensor], dtype: torch.dtype, **attrs) -> nn.Module:
@@ -195,8 +211,10 @@ def _decode_quantized(reader, name, module, features, kind, config, notes) -> nn
     if scheme.act_note and runs_int8:
         notes.add(scheme.act_note, name)
     if runs_int8:
-        weight = Int8.from_quantized(q, _per_group(scale, rows, cols, group_size, name), group_size, dtype=dtype)
-        return _with_weight(Int8Linear, weight, bias, dtype, act=scheme.act)
+        spec = registry.for_quant_bits(scheme.num_bits)
+        weight = spec.format_cls.from_quantized(q, _per_group(scale, rows, cols, group_size, name), group_size,
+                                                dtype=dtype)
+        return _with_weight(spec.layer_cls, weight, bias, dtype, act=scheme.act)
     if asymmetric and kind == "packed":
         raise CheckpointError(f"layer {name}: asymmetric pack-quantized weights are not supported")
     why = ("asymmetric" if asymmetric else f"in_features {cols} > {MAX_COLS}" if cols > MAX_COLS

@@ -1,6 +1,7 @@
 """sparseinfer.save: a model with our layers -> safetensors + config.json in the compressed-tensors
-layout (CSRLinear / Sparse24Linear as sparse-bitmask or sparse-24-bitmask, Int8Linear as
-int-quantized or 8-bit pack-quantized, everything else dense), readable by compressed-tensors."""
+layout (each registered format's layers as its sparsity format, e.g. sparse-bitmask or
+sparse-24-bitmask, and/or its quantization scheme, int-quantized or 8-bit pack-quantized;
+everything else dense), readable by compressed-tensors."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..formats import CSR
-from ..nn import CSRLinear, Int8Linear, Sparse24Linear
+from .. import registry
 from . import compression_config as cc
 from .files import CONFIG_FILE, DEFAULT_MAX_SHARD_BYTES, parse_size, write_tensors
 from .int_packing import pack_int32
@@ -25,9 +25,10 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
     model.safetensors.index.json above `max_shard_size`, bytes or like "2GB") and config.json
     (the Hugging Face config when the model has one) with ``quantization_config``.
 
-    Sparse layers are stored as sparse-24-bitmask when all are Sparse24Linear, else all as
-    sparse-bitmask. Int8Linear layers are stored as `quant_format`: "int-quantized" (int8 weight,
-    what vLLM reads) or "pack-quantized" (8-bit values in int32 words). Tensors shared under
+    Sparse layers are stored in their format's sparsity layout when all share one (e.g. all
+    Sparse24Linear: sparse-24-bitmask), else all in the general one (sparse-bitmask). Quantized
+    layers (Int8Linear) are stored as `quant_format`: "int-quantized" (int8 weight, what vLLM
+    reads) or "pack-quantized" (8-bit values in int32 words). Tensors shared under
     several names (tied embeddings) are stored once. Returns the written file names."""
     if quant_format not in SAVE_QUANT_FORMATS:
         raise ValueError(f"quant_format must be one of {list(SAVE_QUANT_FORMATS)}, got {quant_format!r}")
@@ -38,34 +39,42 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
     if meta:
         raise ValueError(f"model has tensors on the meta device, nothing to save: {', '.join(meta[:5])}")
 
-    csr = _named(model, CSRLinear)
-    sparse24 = _named(model, Sparse24Linear)
-    int8 = _named(model, Int8Linear)
+    sparse_layers: dict[str, nn.Module] = {}
+    sparse_formats: dict[str, registry.WeightFormat] = {}
+    quantized: dict[tuple, list[str]] = {}
+    for name, module in model.named_modules():
+        spec = registry.for_layer(module)
+        if spec is None:
+            continue
+        if spec.sparsity_format is not None:
+            sparse_layers[name] = module
+            sparse_formats[name] = spec
+        if spec.quant_scheme is not None:
+            quantized.setdefault(spec.quant_scheme(module), []).append(name)
     tensors = _unique_cpu_tensors(model.state_dict())
-    if csr and sparse24:  # one sparsity format per checkpoint: the general one
-        for name, layer in sparse24.items():
-            _store_as_sparse_bitmask(tensors, name, layer)
+    if len({s.sparsity_format for s in sparse_formats.values()}) > 1:
+        # one sparsity format per checkpoint: the general one, which holds any pattern
+        general = registry.get(registry.GENERAL_SPARSITY_FORMAT)
+        for name, spec in list(sparse_formats.items()):
+            if spec is not general:
+                _store_as(general, tensors, name, sparse_layers[name])
+                sparse_formats[name] = general
     if quant_format == cc.PACK_QUANTIZED:
-        for name in int8:
-            _store_as_packed(tensors, name)
+        for names in quantized.values():
+            for name in names:
+                _store_as_packed(tensors, name)
 
-    sparse_fmt = cc.SPARSE_BITMASK if csr else cc.SPARSE_24_BITMASK
-    sparse_layers = {**csr, **sparse24}
-    quantized: dict[tuple[str, Optional[int]], list[str]] = {}
-    for name, layer in int8.items():
-        quantized.setdefault((layer.act, layer.group_size), []).append(name)
-    qc = cc.build({sparse_fmt: list(sparse_layers)} if sparse_layers else {}, quantized, quant_format,
-                  _global_sparsity(sparse_layers.values()))
+    sparse = {}
+    if sparse_layers:
+        spec = next(iter(sparse_formats.values()))
+        sparse = {spec.sparsity_format: (spec.sparsity_structure, list(sparse_layers))}
+    qc = cc.build(sparse, quantized, quant_format, _global_sparsity(sparse_layers.values()))
 
     os.makedirs(directory, exist_ok=True)
     files = write_tensors(tensors, directory, max_shard_bytes)
     with open(os.path.join(directory, CONFIG_FILE), "w") as f:
         json.dump(_config_json(model, qc), f, indent=2, sort_keys=True)
     return files + [CONFIG_FILE]
-
-
-def _named(model: nn.Module, cls) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if type(m) is cls}
 
 
 def _unique_cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -87,10 +96,14 @@ def _unique_cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def _store_as_sparse_bitmask(tensors: dict, name: str, layer: Sparse24Linear) -> None:
-    compressed, bitmask, row_offsets, shape = CSR.from_dense(layer.weight.to_dense().cpu()).to_bitmask()
-    tensors.update({f"{name}.shape": shape, f"{name}.compressed": compressed, f"{name}.bitmask": bitmask,
-                    f"{name}.row_offsets": row_offsets})
+def _store_as(spec: registry.WeightFormat, tensors: dict, name: str, layer: nn.Module) -> None:
+    """Replace a layer's canonical arrays in `tensors` by those of format `spec` (same weight)."""
+    converted = spec.layer_cls.from_weight(spec.format_cls.from_dense(layer.weight.to_dense().cpu()))
+    state = converted.state_dict()
+    for key in layer.state_keys():
+        tensors.pop(f"{name}.{key}", None)
+    for key in spec.layer_cls.state_keys():
+        tensors[f"{name}.{key}"] = state[key]
 
 
 def _store_as_packed(tensors: dict, name: str) -> None:

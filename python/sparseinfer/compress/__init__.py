@@ -16,7 +16,7 @@ from .layer_drop import drop_layers, layer_importance
 from .low_rank import choose_rank, factorize_linear, low_rank
 from .magnitude import magnitude_masks, magnitude_scores, prune_magnitude
 from .masks import PruningMasks
-from .n_m import n_m_mask, prune_2_4, prune_n_m
+from ..formats.n_m import n_m_mask, prune_2_4, prune_n_m
 from .quant import convert_qat, prepare_qat, quantize_ptq
 from .schedule import GradualPruner
 from .scores import masks_from_scores

@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..swap import sparsify
+
 
 
 class PruningMasks:
@@ -87,7 +89,6 @@ class PruningMasks:
         layers ("csr" or "2:4", see sparseinfer.sparsify) so the model really gets smaller and faster.
         Layers that do not qualify (e.g. below min_sparsity, Conv2d) stay dense with zeros; the report
         says which and why. Returns sparseinfer.SparsifyReport (None when format is None)."""
-        from ..nn.sparsify import sparsify  # sparseinfer.nn imports this package: import at call time
         self.apply()
         self.remove()
         if format is None:

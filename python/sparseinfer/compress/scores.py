@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..nn.linear_like import is_hf_conv1d
-from .n_m import n_m_mask
+from ..formats.n_m import n_m_mask
 from .targets import rows_view
 
 SCOPES = ("layer", "global", "row")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._native import DTYPE_CODES, FLOAT_DTYPES, _cuda
 from .errors import FormatError
 
 SEG_COLS = 2048
@@ -29,6 +30,31 @@ class CsrCudaPacked:
     index: torch.Tensor    # int16 [entries]
     seg_ptr: torch.Tensor  # int32 [rows * segs + 1]
     entries: int           # seg_ptr[-1]: entries the ranges cover
+
+    has_bitmask = False  # the m=1 expand masks are a CPU-layout feature
+
+    def nbytes(self) -> int:
+        return nbytes(self)
+
+    def bytes_read(self, nnz: int, path: str) -> int:
+        """Weight bytes the row kernel streams (the whole layout, padding included)."""
+        return nbytes(self)
+
+    def triples(self, rows: int, cols: int, nnz: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return cells(self, rows, cols)
+
+    def to_dense(self, rows: int, cols: int, nnz: int) -> torch.Tensor:
+        return dense_on_device(self, rows, cols)
+
+    def with_dtype(self, dtype: torch.dtype) -> "CsrCudaPacked":
+        return CsrCudaPacked(self.values.to(dtype), self.index, self.seg_ptr, self.entries)
+
+    def validate(self, rows: int, cols: int, nnz: int) -> None:
+        if self.values.dtype not in FLOAT_DTYPES:
+            _fail("values", f"dtype must be one of {FLOAT_DTYPES}, got {self.values.dtype}")
+        validate(self, rows, cols)
+        if cells(self, rows, cols)[0].numel() != nnz:
+            _fail("index", f"stored entry count differs from nnz {nnz}")
 
 
 def segments(cols: int) -> int:
@@ -81,7 +107,6 @@ def cells(p: CsrCudaPacked, rows: int, cols: int) -> tuple[torch.Tensor, torch.T
 def dense_on_device(p: CsrCudaPacked, rows: int, cols: int) -> torch.Tensor:
     """The dense [rows, cols] weight built where the layout lives, without a host sync
     (a native kernel on CUDA; torch ops elsewhere, e.g. to test the layout on the CPU)."""
-    from .._native import DTYPE_CODES, _cuda
     if p.values.is_cuda and _cuda is not None:
         dense = torch.empty(rows, cols, dtype=p.values.dtype, device=p.values.device)
         with torch.cuda.device(p.values.device):

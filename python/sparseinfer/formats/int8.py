@@ -43,6 +43,17 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# Activation modes of int8_linear and their codes in the native op (int8_linear.h, Int8Act).
+ACTS = {"none": 0, "dynamic": 1}
+
+
+def check_act(act) -> int:
+    """The native code of an activation mode; ValueError for anything but "none" / "dynamic"."""
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {tuple(ACTS)}, got {act!r}")
+    return ACTS[act]
+
+
 def check_group_size(group_size: Optional[int]) -> None:
     if group_size is None:
         return
@@ -75,10 +86,17 @@ def _blocked(t: torch.Tensor, rows_p: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Packed:
+class Int8CpuPacked:
     qweight: torch.Tensor  # int8 [rows_p/16, kp/4, 16, 4]
     wsum: torch.Tensor     # int32 [rows_p/16, groups, 16]
     scales: torch.Tensor   # fp32 [rows_p/16, groups, 16]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qweight, self.wsum, self.scales))
+
+    def bytes_read(self, nnz: int, path: str) -> int:
+        """Weight bytes a call streams: the whole layout on every path."""
+        return self.nbytes()
 
 
 class Int8(PackedWeight):
@@ -91,7 +109,7 @@ class Int8(PackedWeight):
 
     __slots__ = ("group_size", "_dtype")
 
-    def __init__(self, shape, nnz: int, packed: _Packed, group_size: Optional[int], dtype: torch.dtype):
+    def __init__(self, shape, nnz: int, packed: Int8CpuPacked, group_size: Optional[int], dtype: torch.dtype):
         super().__init__(shape, nnz, packed)
         self.group_size = group_size
         self._dtype = dtype
@@ -127,6 +145,37 @@ class Int8(PackedWeight):
         if dtype not in FLOAT_DTYPES:
             raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
         return cls._pack(qweight, scale.float(), group_size, dtype)
+
+    # The canonical (checkpoint / state_dict) arrays by name: the int-quantized layout.
+    CANONICAL_KEYS = ("weight", "weight_scale")
+
+    @classmethod
+    def from_canonical(cls, arrays: dict, group_size: Optional[int] = None,
+                       dtype: Optional[torch.dtype] = None) -> "Int8":
+        """From canonical arrays by name: ``weight`` int8 [rows, cols] and ``weight_scale``
+        [rows] / [rows, groups]. `group_size` is used when it matches the number of groups, else
+        the smallest multiple of 32 that gives that many groups is assumed; validated like
+        from_quantized."""
+        qweight, scale = arrays["weight"], arrays["weight_scale"]
+        if isinstance(qweight, torch.Tensor) and isinstance(scale, torch.Tensor) and qweight.dim() == 2:
+            group_size = cls._group_size_for(qweight.shape[-1], 1 if scale.dim() == 1 else scale.shape[-1],
+                                             group_size)
+        return cls.from_quantized(qweight, scale, group_size, dtype=dtype)
+
+    @staticmethod
+    def _group_size_for(cols: int, groups: int, hint: Optional[int]) -> Optional[int]:
+        if groups == 1:
+            return None
+        if hint is not None and _ceil(cols, hint) == groups:
+            return hint
+        guess = _ceil(_ceil(cols, groups), GROUP_MULTIPLE) * GROUP_MULTIPLE
+        if _ceil(cols, guess) != groups:
+            _fail("scale", f"{groups} groups fit no group size for {cols} columns")
+        return guess
+
+    def to_canonical(self) -> dict:
+        """The canonical arrays by name (CANONICAL_KEYS), on the CPU; scales in the model dtype."""
+        return {"weight": self.qweight(), "weight_scale": self.scale().to(self._dtype)}
 
     @staticmethod
     def _check_cols(cols: int) -> None:
@@ -178,7 +227,7 @@ class Int8(PackedWeight):
             padded[:rows, :cols] = q
         qweight = padded.view(rows_p // ROW_BLOCK, ROW_BLOCK, kp // 4, 4).transpose(1, 2).contiguous()
         wsum = _by_group(q, groups, group_size).sum(-1, dtype=torch.int32)  # no int32 copy of q
-        packed = _Packed(qweight, _blocked(wsum, rows_p), _blocked(scale.float().contiguous(), rows_p))
+        packed = Int8CpuPacked(qweight, _blocked(wsum, rows_p), _blocked(scale.float().contiguous(), rows_p))
         return cls((rows, cols), int(torch.count_nonzero(q)), packed, group_size, dtype)
 
     # ------------------------------------------------------------------ views
@@ -204,12 +253,7 @@ class Int8(PackedWeight):
 
     def nbytes(self) -> int:
         """Bytes held by the packed form (int8 weights, scales and row sums)."""
-        p = self._p
-        return sum(t.numel() * t.element_size() for t in (p.qweight, p.wsum, p.scales))
-
-    def bytes_read(self, m: int) -> int:
-        """Weight bytes an int8_linear call streams (the memory-bound cost at m=1)."""
-        return self.nbytes()
+        return self._p.nbytes()
 
     def qweight(self) -> torch.Tensor:
         """Canonical int8 [rows, cols]."""

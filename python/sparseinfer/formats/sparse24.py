@@ -11,35 +11,26 @@ kept = cols / 2. Columns that are not a multiple of 4 are handled: the last, par
 keeps min(2, cols % 4) slots, so kept = 2 * (cols // 4) + min(2, cols % 4). compressed-tensors
 itself requires cols % 4 == 0; such files are identical in both.
 
-Kernel form (what this object stores; see csrc/include/sparseinfer/sparse24_linear.h): columns
-zero-padded to whole 32-column chunks and rows interleaved in quads (padded with zero rows) so
-every kernel streams the weight sequentially: ``values`` [rows/4, chunks, 4, 16] and ``meta``
-int32 [rows/4, chunks, 4] holding, per (row, chunk), the 2-bit in-group column of each of its
-16 slots. Any meta value is memory-safe (a slot can only address its own group), so only
-shapes guard the kernel.
-
-On a CUDA device (``.to("cuda")``) the weight is re-packed once into the sparse tensor-core
-layout (formats/sparse24_cuda.py); everything else here works on either layout.
+Kernel form (what this object stores): the CPU layout (formats/sparse24_cpu.py) or, after
+``.to("cuda")``, the sparse tensor-core layout (formats/sparse24_cuda.py). Both answer the same
+methods (slots, to_dense, nbytes, with_dtype, validate_layout), so nothing here asks which one
+it holds.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from .._native import FLOAT_DTYPES, SPARSE24_CHUNK_COLS
-from . import sparse24_cuda
+from . import sparse24_cpu, sparse24_cuda
 from .base import PackedWeight, canonical_shape
 from .bits import pack_bits, unpack_bits
 from .errors import FormatError
-from .sparse24_cuda import Sparse24CudaPacked
 
 _GROUP = 4
 _KEPT = 2
-_CHUNK_SLOTS = SPARSE24_CHUNK_COLS // 2
-_QUAD = 4
-_SHIFTS = 2 * torch.arange(_CHUNK_SLOTS, dtype=torch.int64)
+_CHUNK_SLOTS = sparse24_cpu.CHUNK_SLOTS
 
 
 def _fail(name: str, message: str) -> None:
@@ -81,30 +72,6 @@ class Not24Error(ValueError):
         super().__init__(f"weight is not 2:4 sparse: {problem}. Prune it first with "
                          "sparseinfer.compress.prune_2_4(weight).")
         self.problem = problem
-
-
-def _quads(rows: int) -> int:
-    return -(-rows // _QUAD)
-
-
-def _interleave(t: torch.Tensor, chunks: int, k: int) -> torch.Tensor:
-    """[rows, chunks * k] row-major -> [rows/4, chunks, 4, k] (zero rows pad the last quad)."""
-    rows, quads = t.shape[0], _quads(t.shape[0])
-    padded = torch.zeros(quads * _QUAD, t.shape[1], dtype=t.dtype)
-    padded[:rows] = t
-    return padded.view(quads, _QUAD, chunks, k).transpose(1, 2).contiguous()
-
-
-def _row_major(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """Inverse of _interleave: [rows/4, chunks, 4, k] -> [rows, chunks * k]."""
-    quads, chunks, _, k = t.shape
-    return t.transpose(1, 2).reshape(quads * _QUAD, chunks * k)[:rows]
-
-
-@dataclass(frozen=True)
-class _Packed:
-    values: torch.Tensor  # [rows/4, chunks, 4, 16], weight dtype
-    meta: torch.Tensor    # int32 [rows/4, chunks, 4, 1] (uint32 bit patterns)
 
 
 class Sparse24(PackedWeight):
@@ -166,6 +133,19 @@ class Sparse24(PackedWeight):
             kept[:, cols] = True
         return cls._pack(dense, kept, cols)
 
+    # The canonical (checkpoint / state_dict) arrays by name: the sparse-24-bitmask layout.
+    CANONICAL_KEYS = ("shape", "compressed", "bitmask")
+
+    @classmethod
+    def from_canonical(cls, arrays: dict) -> "Sparse24":
+        """From canonical arrays by name; validated like from_bitmask."""
+        return cls.from_bitmask(arrays["compressed"], arrays["bitmask"], arrays["shape"])
+
+    def to_canonical(self) -> dict:
+        """The canonical arrays by name (CANONICAL_KEYS), on the CPU."""
+        compressed, bitmask, shape = self.to_bitmask()
+        return {"shape": shape, "compressed": compressed, "bitmask": bitmask}
+
     @classmethod
     def validate_bitmask(cls, compressed, bitmask, shape) -> tuple[int, int]:
         """Prove canonical arrays are well formed; returns (rows, cols) or raises FormatError."""
@@ -216,26 +196,13 @@ class Sparse24(PackedWeight):
     @classmethod
     def _from_slots(cls, values: torch.Tensor, pos: torch.Tensor, cols: int) -> "Sparse24":
         """Slot values / in-group positions [rows, chunks * 16] (CPU) -> the CPU kernel form."""
-        rows, chunks = values.shape[0], values.shape[1] // _CHUNK_SLOTS
-        code = (pos.reshape(rows, chunks, _CHUNK_SLOTS).to(torch.int64) << _SHIFTS).sum(-1)
-        meta = torch.where(code >= 2**31, code - 2**32, code).to(torch.int32).contiguous()
         nnz = int((values != 0).sum())
-        return cls((rows, cols), nnz, _Packed(_interleave(values, chunks, _CHUNK_SLOTS), _interleave(meta, chunks, 1)))
+        return cls((values.shape[0], cols), nnz, sparse24_cpu.pack_slots(values, pos))
 
     # ------------------------------------------------------------------ views
     def nbytes(self) -> int:
         """Bytes held by the packed form."""
-        if isinstance(self._p, Sparse24CudaPacked):
-            return sparse24_cuda.nbytes(self._p)
-        return sum(t.numel() * t.element_size() for t in (self._p.values, self._p.meta))
-
-    def bytes_read(self, m: int) -> int:
-        """Weight bytes a sparse24_linear call streams (the memory-bound cost at m=1)."""
-        if self.is_cuda:
-            from .. import ops  # path choice lives with the op
-            if ops.sparse24_linear_path(m, self) == "dense_expand":
-                return self.dense_nbytes()
-        return self.nbytes()
+        return self._p.nbytes()
 
     # ------------------------------------------------------------------ unpacking
     @property
@@ -244,32 +211,11 @@ class Sparse24(PackedWeight):
 
     def _slots(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(slot values, in-group positions), row-major [rows, chunks * 16], on the CPU."""
-        p, rows = self._p, self.rows
-        if isinstance(p, Sparse24CudaPacked):
-            values, pos = sparse24_cuda.slots(p, rows)
-            width = self.chunks * _CHUNK_SLOTS
-            return values[:, :width].cpu(), pos[:, :width].cpu()
-        meta = _row_major(p.meta, rows).to(torch.int64) & 0xFFFFFFFF
-        pos = ((meta.unsqueeze(-1) >> _SHIFTS) & 3).reshape(rows, self.chunks * _CHUNK_SLOTS)
-        return _row_major(p.values, rows), pos
-
-    def _values(self) -> torch.Tensor:
-        """Slot values, row-major [rows, chunks * 16]."""
-        return self._slots()[0]
-
-    def _slot_columns(self) -> torch.Tensor:
-        """int64 [rows, chunks * 16]: the column of every slot (>= cols for padding)."""
-        pos = self._slots()[1]
-        return (torch.arange(self.chunks * _CHUNK_SLOTS) // _KEPT) * _GROUP + pos
+        return self._p.slots(self.rows, self.chunks)
 
     def to_dense(self) -> torch.Tensor:
         """The dense [rows, cols] weight, on this weight's device."""
-        if isinstance(self._p, Sparse24CudaPacked):
-            return sparse24_cuda.dense_on_device(self._p, self.rows, self.cols)
-        width = self.chunks * SPARSE24_CHUNK_COLS
-        dense = torch.zeros(self.rows, width, dtype=self.dtype)
-        dense.scatter_(1, self._slot_columns(), self._values())
-        return dense[:, : self.cols].contiguous()
+        return self._p.to_dense(self.rows, self.cols, self.chunks)
 
     def to_bitmask(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Canonical (compressed, bitmask, shape): the compressed-tensors ``sparse-24-bitmask``
@@ -297,37 +243,18 @@ class Sparse24(PackedWeight):
             return Sparse24(self.shape, moved.nnz, sparse24_cuda.pack(values.to(dtype), pos, device))
         if dtype == self.dtype:
             return self
-        p = self._p
-        values = p.values.to(dtype)
-        nnz = int((values != 0).sum())
-        if isinstance(p, Sparse24CudaPacked):
-            return Sparse24(self.shape, nnz, Sparse24CudaPacked(values, p.meta))
-        return Sparse24(self.shape, nnz, _Packed(values, p.meta))
+        packed = self._p.with_dtype(dtype)
+        return Sparse24(self.shape, int((packed.values != 0).sum()), packed)
 
     def validate(self) -> None:
         """Re-prove the packed invariants (e.g. after tensors were loaded or mutated)."""
         p = self._p
-        chunks, quads = _chunks(self.cols), _quads(self.rows)
         if p.values.dtype not in FLOAT_DTYPES:
             _fail("values", f"dtype must be one of {FLOAT_DTYPES}, got {p.values.dtype}")
-        if isinstance(p, Sparse24CudaPacked):
-            sparse24_cuda.validate(p, self.rows, self.cols)
-            all_values, _ = sparse24_cuda.slots(p, -(-self.rows // 16) * 16)
-            padding = all_values.cpu()
-            padding[: self.rows, : chunks * _CHUNK_SLOTS] = 0  # what remains must be zero
-        else:
-            for name, t, shape in (("values", p.values, (quads, chunks, _QUAD, _CHUNK_SLOTS)),
-                                   ("meta", p.meta, (quads, chunks, _QUAD, 1))):
-                if tuple(t.shape) != shape:
-                    _fail(name, f"shape must be {shape}, got {tuple(t.shape)}")
-                if not t.is_contiguous() or t.device.type != "cpu":
-                    _fail(name, "must be a contiguous CPU tensor")
-            if p.meta.dtype != torch.int32:
-                _fail("meta", f"dtype must be int32, got {p.meta.dtype}")
-            padding = _row_major(p.values, quads * _QUAD)[self.rows:]
+        padding = p.validate_layout(self.rows, self.cols, self.chunks)
         values, pos = self._slots()
-        cols_of = (torch.arange(chunks * _CHUNK_SLOTS) // _KEPT) * _GROUP + pos
-        pairs = cols_of.view(self.rows, chunks * _CHUNK_SLOTS // _KEPT, _KEPT)
+        cols_of = (torch.arange(self.chunks * _CHUNK_SLOTS) // _KEPT) * _GROUP + pos
+        pairs = cols_of.view(self.rows, self.chunks * _CHUNK_SLOTS // _KEPT, _KEPT)
         if bool((pairs[..., 1] <= pairs[..., 0]).any()):
             _fail("meta", "the two slots of a group must name distinct columns in increasing order")
         if bool((values[cols_of >= self.cols] != 0).any()):

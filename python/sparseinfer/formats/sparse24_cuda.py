@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._native import DTYPE_CODES, FLOAT_DTYPES, _cuda
 from .errors import FormatError
 
 TILE_ROWS = 16
@@ -48,6 +49,34 @@ _NIBBLE_SHIFTS = 4 * torch.arange(8, dtype=torch.int64)
 class Sparse24CudaPacked:
     values: torch.Tensor  # [row_tiles, k_tiles, 32, 8]
     meta: torch.Tensor    # int32 [row_tiles, k_tiles / 2, 32]
+
+    def nbytes(self) -> int:
+        return nbytes(self)
+
+    def bytes_read(self, nnz: int, path: str) -> int:
+        """Weight bytes the tensor-core kernels stream: the whole layout."""
+        return nbytes(self)
+
+    def slots(self, rows: int, chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slot values, in-group positions), row-major [rows, chunks * 16], on the CPU."""
+        values, pos = slots(self, rows)
+        width = chunks * TILE_SLOTS
+        return values[:, :width].cpu(), pos[:, :width].cpu()
+
+    def to_dense(self, rows: int, cols: int, chunks: int) -> torch.Tensor:
+        return dense_on_device(self, rows, cols)
+
+    def with_dtype(self, dtype: torch.dtype) -> "Sparse24CudaPacked":
+        return Sparse24CudaPacked(self.values.to(dtype), self.meta)
+
+    def validate_layout(self, rows: int, cols: int, chunks: int) -> torch.Tensor:
+        """Shapes, dtypes and alignment (raises FormatError); returns every value outside the
+        real [rows, chunks * 16] slots (row-tile and k-tile padding), which must all be zero."""
+        validate(self, rows, cols)
+        padding, _ = slots(self, -(-rows // TILE_ROWS) * TILE_ROWS)
+        padding = padding.cpu()
+        padding[:rows, : chunks * TILE_SLOTS] = 0
+        return padding
 
 
 def pack(slot_values: torch.Tensor, slot_pos: torch.Tensor, device: torch.device) -> Sparse24CudaPacked:
@@ -88,7 +117,6 @@ def slots(p: Sparse24CudaPacked, rows: int) -> tuple[torch.Tensor, torch.Tensor]
 def dense_on_device(p: Sparse24CudaPacked, rows: int, cols: int) -> torch.Tensor:
     """The dense [rows, cols] weight built where the layout lives, without a host sync
     (a native kernel on CUDA; torch ops elsewhere, e.g. to test the layout on the CPU)."""
-    from .._native import DTYPE_CODES, _cuda
     if p.values.is_cuda and _cuda is not None:
         dense = torch.empty(rows, cols, dtype=p.values.dtype, device=p.values.device)
         with torch.cuda.device(p.values.device):

@@ -1,7 +1,7 @@
-"""Drop-in layers that run on sparseinfer kernels, and the model-level swap."""
+"""Drop-in layers that run on sparseinfer kernels (the model-level swap, sparsify, lives in
+sparseinfer.swap, above the registry of formats that lists these layers)."""
 from .csr_linear import CSRLinear
 from .int8_linear import Int8Linear
 from .sparse24_linear import Sparse24Linear
-from .sparsify import sparsify, SparsifyReport, LayerReport
 
-__all__ = ["CSRLinear", "Int8Linear", "Sparse24Linear", "sparsify", "SparsifyReport", "LayerReport"]
+__all__ = ["CSRLinear", "Int8Linear", "Sparse24Linear"]

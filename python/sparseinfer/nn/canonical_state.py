@@ -2,7 +2,7 @@
 and dtypes, and a state_dict of the format's canonical (checkpoint) arrays."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -11,11 +11,27 @@ from torch import nn
 class CanonicalWeightModule(nn.Module):
     """Base for layers whose weight is a packed format object (``self._weight``) and whose
     state_dict holds the format's canonical arrays (never the kernel layout). Subclasses set
-    STATE_KEYS and implement `_weight_from_state(*arrays)` (validates untrusted CPU data, raises
-    ValueError)."""
+    FORMAT (a format class with CANONICAL_KEYS, from_canonical and to_canonical) and may override
+    `_weight_from_state(arrays)` (validates untrusted CPU data, raises ValueError)."""
 
-    STATE_KEYS: Sequence[str] = ()
-    _weight_from_state: Callable
+    FORMAT: type
+
+    @classmethod
+    def state_keys(cls) -> Sequence[str]:
+        """The state_dict keys of the weight: its format's canonical arrays."""
+        return cls.FORMAT.CANONICAL_KEYS
+
+    def _weight_from_state(self, arrays: dict):
+        return self.FORMAT.from_canonical(arrays)
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype: torch.dtype = torch.float32, **pack_options):
+        """An all-zero layer of the given size (to fill with load_state_dict)."""
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self._set_weight(self.FORMAT.from_dense(torch.zeros(out_features, in_features, dtype=dtype), **pack_options))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
 
     @classmethod
     def from_weight(cls, weight, bias=None, **attrs):
@@ -59,13 +75,20 @@ class CanonicalWeightModule(nn.Module):
                 f"bias={self.bias is not None}, sparsity={w.sparsity:.3f}, dtype={w.dtype}, "
                 f"device={w.device}")
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for key, value in self._weight.to_canonical().items():
+            destination[prefix + key] = value
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        present = [prefix + k in state_dict for k in self.STATE_KEYS]
+        keys = self.state_keys()
+        present = [prefix + k in state_dict for k in keys]
         if all(present):
             try:
-                arrays = (state_dict[prefix + k] for k in self.STATE_KEYS)
-                weight = self._weight_from_state(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in arrays))
+                arrays = {k: state_dict[prefix + k] for k in keys}
+                weight = self._weight_from_state({k: a.cpu() if isinstance(a, torch.Tensor) else a
+                                                  for k, a in arrays.items()})
                 weight = weight.to(device=self._weight.device)
             except ValueError as exc:
                 error_msgs.append(f"{prefix}weight: {exc}")
@@ -76,9 +99,9 @@ class CanonicalWeightModule(nn.Module):
                 else:
                     self._set_weight(weight)
         else:
-            missing_keys.extend(prefix + k for k, ok in zip(self.STATE_KEYS, present) if not ok)
+            missing_keys.extend(prefix + k for k, ok in zip(keys, present) if not ok)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         # The parent marks our canonical keys as unexpected: they are ours.
-        ours = {prefix + k for k in self.STATE_KEYS}
+        ours = {prefix + k for k in keys}
         unexpected_keys[:] = [k for k in unexpected_keys if k not in ours]

@@ -12,32 +12,17 @@ from .canonical_state import CanonicalWeightModule
 
 
 class CSRLinear(CanonicalWeightModule):
-    """y = x @ W.T + b with W sparse (CSR). Inference only: no gradient flows to W."""
+    """y = x @ W.T + b with W sparse (CSR). Inference only: no gradient flows to W.
 
-    # state_dict keys: the compressed-tensors sparse-bitmask layout of this layer's weight (the
-    # packed kernel form is rebuilt and validated on load).
-    STATE_KEYS = ("shape", "compressed", "bitmask", "row_offsets")
+    state_dict holds the compressed-tensors sparse-bitmask arrays of the weight (shape,
+    compressed, bitmask, row_offsets); the packed kernel form is rebuilt and validated on load."""
 
-    @staticmethod
-    def _weight_from_state(shape, compressed, bitmask, row_offsets) -> CSR:
-        return CSR.from_bitmask(compressed, bitmask, shape, row_offsets)
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
-        self._set_weight(CSR.from_dense(torch.zeros(out_features, in_features, dtype=dtype)))
-        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+    FORMAT = CSR
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "CSRLinear":
         """From a dense [out, in] weight (exact zeros dropped); the layer lives on its device."""
-        layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
-        if bias is not None:
-            layer.bias.data = bias.detach().to(weight.dtype).clone().cpu()
-        layer._set_weight(CSR.from_dense(weight.cpu()))
-        return layer.to(weight.device)
+        return cls.from_weight(CSR.from_dense(weight.detach().cpu()), bias).to(weight.device)
 
     @staticmethod
     def conversion_blocker(weight: torch.Tensor, sparsity: float, min_sparsity: float) -> Optional[str]:
@@ -50,12 +35,3 @@ class CSRLinear(CanonicalWeightModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.csr_linear(x.contiguous(), self._weight, self.bias)
-
-    # state_dict holds the canonical sparse-bitmask arrays, never the kernel layout.
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        compressed, bitmask, row_offsets, shape = self.weight.to_bitmask()
-        destination[prefix + "shape"] = shape
-        destination[prefix + "compressed"] = compressed
-        destination[prefix + "bitmask"] = bitmask
-        destination[prefix + "row_offsets"] = row_offsets

@@ -7,29 +7,18 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..compress import prune_2_4
+from ..formats.n_m import prune_2_4
 from ..formats.sparse24 import Not24Error, Sparse24
 from .canonical_state import CanonicalWeightModule
 
 
 class Sparse24Linear(CanonicalWeightModule):
-    """y = x @ W.T + b with W 2:4 sparse. Inference only: no gradient flows to W."""
+    """y = x @ W.T + b with W 2:4 sparse. Inference only: no gradient flows to W.
 
-    # state_dict keys: the compressed-tensors sparse-24-bitmask layout of this layer's weight
-    # (the packed kernel form is rebuilt and validated on load).
-    STATE_KEYS = ("shape", "compressed", "bitmask")
+    state_dict holds the compressed-tensors sparse-24-bitmask arrays of the weight (shape,
+    compressed, bitmask); the packed kernel form is rebuilt and validated on load."""
 
-    @staticmethod
-    def _weight_from_state(shape, compressed, bitmask) -> Sparse24:
-        return Sparse24.from_bitmask(compressed, bitmask, shape)
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
-        self._set_weight(Sparse24.from_dense(torch.zeros(out_features, in_features, dtype=dtype)))
-        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+    FORMAT = Sparse24
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -46,11 +35,7 @@ class Sparse24Linear(CanonicalWeightModule):
             raise ValueError(f"weight is not 2:4 sparse: {exc.problem}. Pass prune=True to apply "
                              "2:4 magnitude pruning, or prune it yourself with "
                              "sparseinfer.compress.prune_2_4.") from None
-        layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
-        layer._set_weight(packed)
-        if bias is not None:
-            layer.bias.data = bias.detach().to(weight.dtype).clone().cpu()
-        return layer.to(device)
+        return cls.from_weight(packed, bias).to(device)
 
     @staticmethod
     def conversion_blocker(weight: torch.Tensor, sparsity: float, min_sparsity: float) -> Optional[str]:
@@ -64,11 +49,3 @@ class Sparse24Linear(CanonicalWeightModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.sparse24_linear(x.contiguous(), self._weight, self.bias)
-
-    # state_dict holds the canonical compressed-tensors layout, never the kernel layout.
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        compressed, bitmask, shape = self.weight.to_bitmask()
-        destination[prefix + "shape"] = shape
-        destination[prefix + "compressed"] = compressed
-        destination[prefix + "bitmask"] = bitmask

@@ -2,11 +2,12 @@
 checkpoint stores) and its forward time relative to the dense model, measured in the same run."""
 from __future__ import annotations
 
-import statistics
-import time
+from functools import partial
 
 import torch
 from torch import nn
+
+from ..benchmarks.timing import interleaved_calls_s
 
 
 def state_bytes(model: nn.Module) -> int:
@@ -27,15 +28,8 @@ def _forward(model: nn.Module, x: torch.Tensor):
 def forward_seconds(models: dict[str, nn.Module], x: torch.Tensor, repeats: int = 15) -> dict[str, float]:
     """Median seconds of one forward of each model on x. The models take turns in every round, so
     drift in machine load hits all of them alike."""
-    times = {name: [] for name in models}
+    for model in models.values():
+        model.eval()
     with torch.inference_mode():
-        for model in models.values():
-            model.eval()
-            for _ in range(2):
-                _forward(model, x)
-        for _ in range(repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                _forward(model, x)
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+        return interleaved_calls_s({name: partial(_forward, model, x) for name, model in models.items()},
+                                   rounds=repeats, warmup=2)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..benchmarks.report import machine_info
 from . import methods as m
 from .measure import forward_seconds, state_bytes
 from .tasks import Task, char_lm_task, digits_cnn_task, digits_mlp_task
@@ -126,6 +127,5 @@ def check_targets(rows: list[Row]) -> list[tuple[str, bool, str]]:
 
 
 def as_json(rows: list[Row]) -> dict:
-    from ..benchmarking import machine_info
     return {"machine": machine_info(), "rows": [asdict(r) for r in rows],
             "targets": [{"claim": c, "met": ok, "figures": f} for c, ok, f in check_targets(rows)]}

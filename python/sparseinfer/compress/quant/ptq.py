@@ -18,10 +18,9 @@ import torch
 from torch import nn
 
 from ..._native import FLOAT_DTYPES
-from ...formats.int8 import MAX_COLS, Int8, check_group_size
+from ...formats.int8 import MAX_COLS, Int8, check_act, check_group_size
 from ...nn.int8_linear import Int8Linear
 from ...nn.linear_like import is_linear_like, linear_weight, replace_submodule
-from ...ops import _int8_act_code
 from .calibration import collect_input_stats
 from .observers import Observer
 from .output_mse import output_mse_scales, relative_output_error
@@ -109,7 +108,7 @@ def _validate(model, calibration, act, weight_observer_spec, group_size, filter,
             isinstance(calibration, torch.Tensor) or isinstance(calibration, Iterable)):
         raise TypeError(f"calibration must be an iterable of batches (or one tensor), got "
                         f"{type(calibration).__name__}")
-    _int8_act_code(act)
+    check_act(act)
     check_group_size(group_size)
     template = None if weight_observer_spec == "output_mse" else weight_observer(weight_observer_spec, other_names=("output_mse",))
     if filter is not None and not callable(filter):

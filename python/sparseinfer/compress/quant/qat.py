@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..._native import FLOAT_DTYPES
-from ...formats.int8 import MAX_COLS, check_group_size
+from ...formats.int8 import MAX_COLS, check_act, check_group_size
 from ...nn.int8_linear import Int8Linear
 from ...nn.linear_like import is_linear_like, linear_weight, replace_submodule
-from ...ops import _int8_act_code
 from .fake_quant import fake_quantize_per_token
 from .observers import Observer
 from .weight_quant import fake_quantize_weight, pack_weight, weight_observer, weight_observer_name, weight_scales
@@ -41,7 +40,7 @@ class QATLinear(nn.Module):
                  group_size: Optional[int] = None, weight_observer: Union[str, Observer] = "minmax",
                  device=None, dtype: Optional[torch.dtype] = None):
         super().__init__()
-        _int8_act_code(act)
+        check_act(act)
         check_group_size(group_size)
         self.observer = _resolve_observer(weight_observer)
         self.in_features, self.out_features = int(in_features), int(out_features)
@@ -124,7 +123,7 @@ def prepare_qat(model: nn.Module, act: str = "dynamic", group_size: Optional[int
     if is_linear_like(model):
         raise ValueError("model is itself a Linear and cannot be replaced in place; use "
                          "QATLinear.from_linear(layer)")
-    _int8_act_code(act)
+    check_act(act)
     check_group_size(group_size)
     _resolve_observer(weight_observer)
     if filter is not None and not callable(filter):

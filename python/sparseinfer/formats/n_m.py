@@ -1,5 +1,7 @@
 """N:M semi-structured magnitude pruning: keep the n largest |w| in every group of m consecutive
-input columns (the last dimension). 2:4 is what sparseinfer.formats.Sparse24 runs.
+input columns (the last dimension). 2:4 is what sparseinfer.formats.Sparse24 runs. It lives with
+the formats so that both the layers (nn) and the compression toolkit (compress, which re-exports
+it) import it downward.
 
 Ties are broken deterministically: among equal magnitudes the lower column index is kept. When
 the number of columns is not a multiple of m, the last, shorter group keeps its n largest (all of

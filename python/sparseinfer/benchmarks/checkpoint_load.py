@@ -4,14 +4,18 @@ safetensors.torch.load_file of the dense weights, in the same run (page cache wa
 from __future__ import annotations
 
 import os
-import statistics
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..checkpoint import load, save
+from ..swap import sparsify
+from .report import results_json as _results_json
+from .report import table
+from .timing import median_ms
 
 LLAMA_7B = {"hidden": 4096, "intermediate": 11008}
 
@@ -68,7 +72,6 @@ def write_checkpoints(root: str, layers: int, hidden: int, intermediate: int, sp
                       dtype: torch.dtype, progress: Callable[[str], None] = lambda s: None) -> dict[str, str]:
     """Write the dense, sparse (CSR, `sparsity` unstructured) and int8 checkpoints of the same
     random weights (the dense and int8 ones hold the pruned weights too). Returns name -> dir."""
-    import sparseinfer
     generator = torch.Generator().manual_seed(0)
     model = decoder_layers(layers, hidden, intermediate, dtype, device="cpu")
     with torch.no_grad():
@@ -86,8 +89,8 @@ def write_checkpoints(root: str, layers: int, hidden: int, intermediate: int, sp
         progress(fmt)
         sparse = decoder_layers(layers, hidden, intermediate, dtype, device="cpu")
         sparse.load_state_dict(model.state_dict())
-        sparseinfer.sparsify(sparse, fmt, min_sparsity=min(sparsity, 0.5))
-        sparseinfer.save(sparse, directory)
+        sparsify(sparse, fmt, min_sparsity=min(sparsity, 0.5))
+        save(sparse, directory)
         del sparse
     return dirs
 
@@ -96,20 +99,8 @@ def _file_bytes(directory: str) -> int:
     return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory) if f.endswith(".safetensors"))
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm: page cache, allocator, lazy imports
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-        del out
-    return statistics.median(times)
-
-
 def time_loads(dirs: dict[str, str], layers: int, hidden: int, intermediate: int, dtype: torch.dtype,
                repeats: int = 3, progress: Callable[[str], None] = lambda s: None) -> list[LoadResult]:
-    import sparseinfer
     dense_file = os.path.join(dirs["dense"], "model.safetensors")
     skeleton = lambda: decoder_layers(layers, hidden, intermediate, dtype)  # noqa: E731
     cases = [("dense-load_file", "safetensors.torch.load_file of the dense weights (tensors map the file: "
@@ -120,11 +111,13 @@ def time_loads(dirs: dict[str, str], layers: int, hidden: int, intermediate: int
     for name in ("dense", "csr", "int8"):
         cases.append((name, f"sparseinfer.load of the {name} checkpoint into a skeleton on meta "
                       "(validated, packed, kernel-ready)", dirs[name],
-                      lambda name=name: sparseinfer.load(dirs[name], skeleton())))
+                      lambda name=name: load(dirs[name], skeleton())))
     results = []
     for name, what, directory, fn in cases:
         progress(name)
-        results.append(LoadResult(name, what, _median_seconds(fn, repeats), _file_bytes(directory)))
+        # one warm-up load (page cache, allocator, lazy imports), then `repeats` timed one by one
+        seconds = median_ms(fn, rounds=repeats, inner=1) / 1e3
+        results.append(LoadResult(name, what, seconds, _file_bytes(directory)))
     for r in results:
         r.ratio_to_load_file = r.seconds / results[0].seconds
         r.ratio_to_load_file_copy = r.seconds / results[1].seconds
@@ -132,14 +125,11 @@ def time_loads(dirs: dict[str, str], layers: int, hidden: int, intermediate: int
 
 
 def format_table(results: list[LoadResult]) -> str:
-    lines = [f"{'load':22s} {'file MB':>9s} {'seconds':>8s} {'vs load_file':>12s} {'vs load_file+copy':>17s}"]
-    for r in results:
-        lines.append(f"{r.name:22s} {r.file_bytes / 1e6:9.1f} {r.seconds:8.3f} {r.ratio_to_load_file:11.2f}x "
-                     f"{r.ratio_to_load_file_copy:16.2f}x")
-    return "\n".join(lines)
+    return table(results, [
+        ("load", 22, lambda r: r.name), ("file MB", 9, lambda r: f"{r.file_bytes / 1e6:.1f}"),
+        ("seconds", 8, lambda r: f"{r.seconds:.3f}"), ("vs load_file", 12, lambda r: f"{r.ratio_to_load_file:.2f}x"),
+        ("vs load_file+copy", 17, lambda r: f"{r.ratio_to_load_file_copy:.2f}x")])
 
 
 def results_json(results: list[LoadResult], params: dict) -> dict:
-    from .benchmarking import machine_info
-    return {"benchmark": "checkpoint load", "params": params, "machine": machine_info(),
-            "results": [asdict(r) for r in results]}
+    return _results_json(results, benchmark="checkpoint load", params=params)

@@ -1,4 +1,5 @@
-"""sparsify(model): swap qualifying nn.Linear modules for sparse layers, in place."""
+"""sparsify(model): swap qualifying nn.Linear modules for the layers of a registered format, in
+place. Which formats exist and what options they take comes from the registry."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,16 +7,9 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from .._native import FLOAT_DTYPES
-from ..formats.int8 import check_group_size
-from ..ops import _int8_act_code
-from .csr_linear import CSRLinear
-from .int8_linear import Int8Linear
-from .linear_like import is_linear_like, linear_weight, replace_submodule
-from .sparse24_linear import Sparse24Linear
-
-FORMATS = {"csr": CSRLinear, "2:4": Sparse24Linear, "int8": Int8Linear}
-LAYER_OPTIONS = {"csr": set(), "2:4": set(), "int8": {"act", "group_size"}}
+from . import registry
+from ._native import FLOAT_DTYPES
+from .nn.linear_like import is_linear_like, linear_weight, replace_submodule
 
 
 @dataclass
@@ -61,30 +55,23 @@ class SparsifyReport:
 def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
              filter: Optional[Callable[[str, nn.Linear], bool]] = None, **options) -> SparsifyReport:
     """Replace qualifying nn.Linear modules (and Hugging Face Conv1D, as in GPT-2) of `model`
-    with the sparse layer for `format`, in place, and return a report of every one seen
-    (converted or why not).
+    with the layer of `format` (a name in sparseinfer.registry: "csr", "2:4", "int8"), in place,
+    and return a report of every one seen (converted or why not).
 
-    format="csr": layers whose weight has at least `min_sparsity` exact zeros.
-    format="2:4": layers whose weight is 2:4 sparse (prune first with
-    sparseinfer.compress.prune_2_4); `min_sparsity` does not apply.
-    format="int8": every Linear (in_features <= 65536), quantized to int8; options `act`
-    ("dynamic" W8A8 or "none" weight-only) and `group_size` (None = per channel, or a multiple
-    of 32); `min_sparsity` does not apply.
-    `filter(name, module)` may veto layers; `options` go to the layer's from_dense."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; available: {sorted(FORMATS)}")
+    The layer class decides which weights qualify: csr needs at least `min_sparsity` exact zeros,
+    2:4 a 2:4 pattern (prune first with sparseinfer.compress.prune_2_4), int8 takes every Linear
+    with in_features <= 65536. `options` are the format's registered options (int8: `act`,
+    "dynamic" W8A8 or "none" weight-only, and `group_size`, None = per channel or a multiple of
+    32), validated before any layer is swapped, then passed to the layer's from_dense.
+    `filter(name, module)` may veto layers."""
+    spec = registry.get(format)
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
     if isinstance(model, nn.Linear):
         raise ValueError("model is itself an nn.Linear and cannot be swapped in place; "
-                         f"use {FORMATS[format].__name__}.from_linear(model)")
-    layer_cls = FORMATS[format]
-    unknown = set(options) - LAYER_OPTIONS[format]
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for format {format!r}")
-    if format == "int8":  # fail before any layer is swapped
-        _int8_act_code(options.get("act", "dynamic"))
-        check_group_size(options.get("group_size"))
+                         f"use {spec.layer_cls.__name__}.from_linear(model)")
+    layer_cls = spec.layer_cls
+    options = spec.check_options(options)  # fail before any layer is swapped
     report = SparsifyReport(format)
     for name, module in list(model.named_modules()):
         if not is_linear_like(module):

@@ -1,0 +1,202 @@
+"""The one registry of weight formats.
+
+Each entry names a format (the string users pass: ``sparsify(model, format="csr")``), its format
+class (packing, validation), its layer class, its op and path functions, its options with their
+validation, how its layers are saved (compressed-tensors layout) and its benchmark hooks.
+``sparsify``, the CLI, the benchmarks, the checkpoint code and the shared op-contract tests read
+this table; nothing else lists formats. To add one, see CONTRIBUTING.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from . import reference
+from .formats import CSR, Int8, Sparse24
+from .formats.int8 import ACTS, check_act, check_group_size
+from .formats.n_m import prune_2_4
+from .nn import CSRLinear, Int8Linear, Sparse24Linear
+from .ops import (csr_linear, csr_linear_path, int8_linear, int8_linear_path, sparse24_linear,
+                  sparse24_linear_path)
+
+# compressed-tensors sparsity formats (sparsity_config.format) our layers are saved as
+SPARSE_BITMASK = "sparse-bitmask"
+SPARSE_24_BITMASK = "sparse-24-bitmask"
+
+
+@dataclass(frozen=True)
+class Option:
+    """A per-format option of ``sparsify`` / the layer's ``from_dense`` (and a CLI flag)."""
+    name: str
+    default: Any
+    check: Callable[[Any], Any]      # raises ValueError on a bad value
+    help: str
+    parse: Callable[[str], Any] = str  # CLI text -> value
+    bench_values: tuple = ()         # what `sparseinfer bench` runs by default (default only if empty)
+    choices: Optional[tuple] = None  # CLI choices, when the values are a fixed set
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    name: str                        # what users pass: "csr", "2:4", "int8"
+    summary: str
+    format_cls: type                 # packs / validates the weight (formats/)
+    layer_cls: type                  # the nn.Linear replacement (nn/)
+    op: Callable[..., torch.Tensor]  # op(x, weight, bias=None, **options)
+    path: Callable[..., str]         # path(weight, m, **options): the kernel path a call takes
+    reference: Callable[..., torch.Tensor]  # plain-torch oracle with op's signature
+    example: Callable[..., tuple[torch.Tensor, Any]]  # (out, in, sparsity, dtype, seed) -> (dense, packed)
+    options: tuple[Option, ...] = ()
+    op_options: tuple[str, ...] = ()  # the options that are arguments of op / path (not of packing)
+    devices: tuple[str, ...] = ("cpu",)
+    # checkpoints: a sparsity format (sparsity_config) and/or a quantization scheme (config_groups)
+    sparsity_format: Optional[str] = None
+    sparsity_structure: Optional[str] = None
+    quant_scheme: Optional[Callable[[nn.Module], tuple]] = None  # layer -> (act, group_size)
+    quant_bits: tuple[int, ...] = ()  # stored bit widths whose values this format runs
+    # benchmarks
+    tunable_sparsity: bool = False   # any sparsity packs (the bench --sparsity grid applies)
+    bench_sparsities: tuple[float, ...] = (0.5,)
+    bench_dtype: Optional[torch.dtype] = None  # fixed activation dtype (the baselines' own)
+    baselines: tuple[str, ...] = ("dense",)    # names in sparseinfer.benchmarks.baselines
+    cuda_baselines: tuple[str, ...] = ()       # the same, for `sparseinfer bench --device cuda`
+
+    def check_options(self, options: dict) -> dict:
+        """The validated options (ValueError naming an unknown or bad one), before any layer changes."""
+        known = {o.name: o for o in self.options}
+        unknown = set(options) - set(known)
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for format {self.name!r}"
+                             + (f"; it takes {sorted(known)}" if known else ""))
+        for name, value in options.items():
+            known[name].check(value)
+        return dict(options)
+
+    def op_kwargs(self, options: dict) -> dict:
+        """The subset of options that op / path take."""
+        return {k: v for k, v in options.items() if k in self.op_options}
+
+    def variants(self, given: Optional[dict] = None) -> list[dict]:
+        """Option combinations to test or benchmark: each option's given values (a list), else
+        its bench_values, else its default."""
+        combos: list[dict] = [{}]
+        for option in self.options:
+            values = (given or {}).get(option.name) or option.bench_values or (option.default,)
+            combos = [dict(c, **{option.name: v}) for c in combos for v in values]
+        return combos
+
+
+def _random_pruned(out_features: int, in_features: int, sparsity: float, dtype, seed: int) -> torch.Tensor:
+    """A weight with exactly round(sparsity * numel) zeros at random places."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_features, in_features, generator=g)
+    k = int(round(sparsity * w.numel()))
+    if k:
+        w.view(-1)[torch.randperm(w.numel(), generator=g)[:k]] = 0
+    return w.to(dtype)
+
+
+def _csr_example(out_f, in_f, sparsity=0.5, dtype=torch.float32, seed=0):
+    w = _random_pruned(out_f, in_f, sparsity, dtype, seed)
+    return w, CSR.from_dense(w)
+
+
+def _sparse24_example(out_f, in_f, sparsity=0.5, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = prune_2_4(torch.randn(out_f, in_f, generator=g)).to(dtype)
+    return w, Sparse24.from_dense(w)
+
+
+def _int8_example(out_f, in_f, sparsity=0.0, dtype=torch.float32, seed=0, group_size=None):
+    w = _random_pruned(out_f, in_f, sparsity, dtype, seed)
+    return w, Int8.from_dense(w, group_size)
+
+
+FORMATS: dict[str, WeightFormat] = {}
+
+
+def register(spec: WeightFormat) -> WeightFormat:
+    if spec.name in FORMATS:
+        raise ValueError(f"format {spec.name!r} is already registered")
+    FORMATS[spec.name] = spec
+    return spec
+
+
+register(WeightFormat(
+    name="csr", summary="unstructured sparsity (CSR), fp32/bf16/fp16 values",
+    format_cls=CSR, layer_cls=CSRLinear, op=csr_linear, path=csr_linear_path,
+    reference=reference.csr_linear, example=_csr_example,
+    devices=("cpu", "cuda"), sparsity_format=SPARSE_BITMASK, sparsity_structure="unstructured",
+    tunable_sparsity=True, bench_sparsities=(0.5, 0.7, 0.9), cuda_baselines=("dense", "torch_sparse_csr")))
+
+register(WeightFormat(
+    name="2:4", summary="2:4 semi-structured sparsity, fp32/bf16/fp16 values",
+    format_cls=Sparse24, layer_cls=Sparse24Linear, op=sparse24_linear, path=sparse24_linear_path,
+    reference=reference.sparse24_linear, example=_sparse24_example, devices=("cpu", "cuda"),
+    sparsity_format=SPARSE_24_BITMASK, sparsity_structure="2:4",
+    cuda_baselines=("dense", "torch_semi_structured")))
+
+register(WeightFormat(
+    name="int8", summary="symmetric int8 weights (per channel or per group); W8A8 or weight-only",
+    format_cls=Int8, layer_cls=Int8Linear, op=int8_linear, path=int8_linear_path,
+    reference=reference.int8_linear, example=_int8_example,
+    options=(
+        Option("act", "dynamic", check_act, "activations: dynamic (W8A8, per-token int8) or none "
+               "(weight-only)", bench_values=("dynamic", "none"), choices=tuple(ACTS)),
+        Option("group_size", None, check_group_size, "scales per group of this many input columns "
+               "(a multiple of 32; default per channel)", parse=int),
+    ),
+    op_options=("act",), quant_scheme=lambda layer: (layer.act, layer.group_size), quant_bits=(8, 4),
+    bench_sparsities=(0.0,), bench_dtype=torch.float32,
+    baselines=("dense", "torch_dynamic_int8", "ort_int8")))
+
+
+# The sparsity format a checkpoint falls back to when its layers mix several (it holds any pattern).
+GENERAL_SPARSITY_FORMAT = "csr"
+
+
+def names() -> tuple[str, ...]:
+    return tuple(FORMATS)
+
+
+def get(name: str) -> WeightFormat:
+    """The entry for a format name; ValueError listing the known ones otherwise."""
+    try:
+        return FORMATS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown format {name!r}; available: {sorted(FORMATS)}") from None
+
+
+def for_layer(module: nn.Module) -> Optional[WeightFormat]:
+    """The entry whose layer class `module` is exactly, or None."""
+    return next((s for s in FORMATS.values() if type(module) is s.layer_cls), None)
+
+
+def for_weight(weight) -> WeightFormat:
+    """The entry whose format class packed `weight`."""
+    for spec in FORMATS.values():
+        if type(weight) is spec.format_cls:
+            return spec
+    raise ValueError(f"not a registered weight format object: {type(weight).__name__}")
+
+
+def for_sparsity_format(name: str) -> Optional[WeightFormat]:
+    """The entry saved as compressed-tensors sparsity format `name`, or None."""
+    return next((s for s in FORMATS.values() if s.sparsity_format is not None and s.sparsity_format == name), None)
+
+
+def for_quant_bits(bits: int) -> Optional[WeightFormat]:
+    """The quantized format that runs stored `bits`-bit weights (exact width preferred)."""
+    quantized = [s for s in FORMATS.values() if bits in s.quant_bits]
+    exact = [s for s in quantized if s.quant_bits[0] == bits]
+    return (exact or quantized or [None])[0]
+
+
+def options() -> Iterator[tuple[WeightFormat, Option]]:
+    """Every (format, option) pair, for generated CLI flags."""
+    for spec in FORMATS.values():
+        for option in spec.options:
+            yield spec, option
