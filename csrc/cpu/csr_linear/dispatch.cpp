@@ -73,8 +73,8 @@ bool use_row_kernels(int64_t m) { return m < kTokensMinM; }
 
 }  // namespace
 
-const char* csr_linear_path(const PackedCsr& w, int64_t m) {
-  if (use_row_kernels(m)) return w.bitmask ? "rows_expand" : "rows_gather";
+const char* csr_linear_path(int64_t m, bool has_bitmask) {
+  if (use_row_kernels(m)) return has_bitmask ? "rows_expand" : "rows_gather";
   return "tokens";
 }
 
