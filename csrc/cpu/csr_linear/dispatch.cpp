@@ -20,17 +20,17 @@ constexpr int64_t kMinWorkPerThread = 1 << 16;
 // Per (row, panel) overhead, in non-zero equivalents, when balancing blocks across threads.
 constexpr int64_t kRowPanelCost = 2;
 
-const CsrKernels& kernels_for(cpu::Isa isa) {
-  switch (isa) {
+// Tiers above avx512 run the avx512 kernels (fallbacks: isa_table.h).
+constexpr auto kKernels = cpu::kernel_table<CsrKernels>({
+    {cpu::Isa::reference, &csr_kernels_reference},
 #if SPARSEINFER_X86
-    case cpu::Isa::amx:
-    case cpu::Isa::avx512_vnni:
-    case cpu::Isa::avx512: return csr_kernels_avx512;
-    case cpu::Isa::avx2: return csr_kernels_avx2;
+    {cpu::Isa::avx2, &csr_kernels_avx2},
+    {cpu::Isa::avx512, &csr_kernels_avx512},
 #endif
-    default: return csr_kernels_reference;
-  }
-}
+});
+static_assert(cpu::has_reference(kKernels));
+
+const CsrKernels& active_kernels() { return cpu::pick_kernels(kKernels, cpu::active_isa()); }
 
 int64_t block_cost(const PackedCsr& w, int64_t b) {
   return w.block_nnz_prefix[b] + b * kRowBlock * w.panels * kRowPanelCost;
@@ -73,8 +73,8 @@ bool use_row_kernels(int64_t m) { return m < kTokensMinM; }
 
 }  // namespace
 
-const char* csr_linear_path(const PackedCsr& w, int64_t m) {
-  if (use_row_kernels(m)) return w.bitmask ? "rows_expand" : "rows_gather";
+const char* csr_linear_path(int64_t m, bool has_bitmask) {
+  if (use_row_kernels(m)) return has_bitmask ? "rows_expand" : "rows_gather";
   return "tokens";
 }
 
@@ -82,7 +82,7 @@ void csr_linear(const CsrLinearCall& call, int num_threads) {
   const PackedCsr& w = call.w;
   const int64_t m = call.m;
   if (m == 0 || w.rows == 0) return;
-  const CsrKernels& k = kernels_for(cpu::active_isa());
+  const CsrKernels& k = active_kernels();
   const int64_t padded_cols = w.panels * kPanelCols + kXPad;
   const int tasks = choose_tasks(w, m, num_threads);
 

@@ -153,6 +153,15 @@ void dynamic_tiles_amx(const PackedInt8& w, const QuantizedActs& x, int64_t t0, 
 // Tiles from 8 tokens: below, the VNNI row kernel reads the weight at the same speed with less
 // work per byte (measured with bench/, see int8_linear_path).
 const Int8Kernels int8_kernels_amx = {
-    "amx", true, quantize_row_avx512<true>, dynamic_rows_vnni, dynamic_tiles_amx, 8, weight_only_avx512};
+    .isa = "amx",
+    .u8_acts = true,
+    .quantize_row = quantize_row_avx512<true>,
+    .dynamic_rows = dynamic_rows_vnni,
+    .rows_path = "vnni_rows",
+    .dynamic_tiles = dynamic_tiles_amx,
+    .tiles_path = "amx_tiles",
+    .tiles_min_m = 8,
+    .weight_only = weight_only_avx512,
+};
 
 }  // namespace sparseinfer

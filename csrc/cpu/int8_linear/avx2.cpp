@@ -154,6 +154,16 @@ void weight_only_avx2(const PackedInt8& w, const float* x, int64_t t0, int64_t m
 
 }  // namespace
 
-const Int8Kernels int8_kernels_avx2 = {"avx2", false, quantize_row_avx2, dynamic_rows_avx2, nullptr, 0, weight_only_avx2};
+const Int8Kernels int8_kernels_avx2 = {
+    .isa = "avx2",
+    .u8_acts = false,
+    .quantize_row = quantize_row_avx2,
+    .dynamic_rows = dynamic_rows_avx2,
+    .rows_path = "avx2_rows",
+    .dynamic_tiles = nullptr,
+    .tiles_path = nullptr,
+    .tiles_min_m = 0,
+    .weight_only = weight_only_avx2,
+};
 
 }  // namespace sparseinfer

@@ -5,6 +5,15 @@
 namespace sparseinfer {
 
 const Int8Kernels int8_kernels_avx512_vnni = {
-    "avx512_vnni", true, quantize_row_avx512<true>, dynamic_rows_vnni, nullptr, 0, weight_only_avx512};
+    .isa = "avx512_vnni",
+    .u8_acts = true,
+    .quantize_row = quantize_row_avx512<true>,
+    .dynamic_rows = dynamic_rows_vnni,
+    .rows_path = "vnni_rows",
+    .dynamic_tiles = nullptr,
+    .tiles_path = nullptr,
+    .tiles_min_m = 0,
+    .weight_only = weight_only_avx512,
+};
 
 }  // namespace sparseinfer

@@ -12,17 +12,19 @@ namespace {
 constexpr int64_t kMinWorkPerThread = 1 << 18;
 constexpr int64_t kTileTokens = 16;
 
-const Int8Kernels& kernels_for(cpu::Isa isa) {
-  switch (isa) {
+// No avx512 entry: AVX-512 without VNNI has no int8 dot product beyond AVX2's, so that tier
+// falls back to the avx2 kernels (fallbacks: isa_table.h).
+constexpr auto kKernels = cpu::kernel_table<Int8Kernels>({
+    {cpu::Isa::reference, &int8_kernels_reference},
 #if SPARSEINFER_X86
-    case cpu::Isa::amx: return int8_kernels_amx;
-    case cpu::Isa::avx512_vnni: return int8_kernels_avx512_vnni;
-    case cpu::Isa::avx512:  // AVX-512 without VNNI has no int8 dot product beyond AVX2's
-    case cpu::Isa::avx2: return int8_kernels_avx2;
+    {cpu::Isa::avx2, &int8_kernels_avx2},
+    {cpu::Isa::avx512_vnni, &int8_kernels_avx512_vnni},
+    {cpu::Isa::amx, &int8_kernels_amx},
 #endif
-    default: return int8_kernels_reference;
-  }
-}
+});
+static_assert(cpu::has_reference(kKernels));
+
+const Int8Kernels& active_kernels() { return cpu::pick_kernels(kKernels, cpu::active_isa()); }
 
 bool use_tiles(const Int8Kernels& k, int64_t m, int64_t groups, int64_t group_size) {
   return k.dynamic_tiles != nullptr && m >= k.tiles_min_m &&
@@ -46,20 +48,14 @@ void run_row_blocks(const PackedInt8& w, int64_t m, int num_threads, int64_t gra
 }  // namespace
 
 const char* int8_linear_path(Int8Act act, int64_t m, int64_t groups, int64_t group_size) {
-  const Int8Kernels& k = kernels_for(cpu::active_isa());
   if (act == Int8Act::none) return "dequant_rows";
-  if (use_tiles(k, m, groups, group_size)) return "amx_tiles";
-  switch (cpu::active_isa()) {
-    case cpu::Isa::reference: return "reference";
-    case cpu::Isa::avx2:
-    case cpu::Isa::avx512: return "avx2_rows";
-    default: return "vnni_rows";
-  }
+  const Int8Kernels& k = active_kernels();
+  return use_tiles(k, m, groups, group_size) ? k.tiles_path : k.rows_path;
 }
 
 void quantize_rows_int8(DType dtype, const void* x, int64_t m, int64_t cols, int64_t stride,
                         int8_t* q, float* scale) {
-  const Int8Kernels& k = kernels_for(cpu::active_isa());
+  const Int8Kernels& k = active_kernels();
   const int64_t row_bytes = cols * dtype_size(dtype);
   for (int64_t t = 0; t < m; ++t) {
     k.quantize_row(dtype, static_cast<const char*>(x) + t * row_bytes, cols, stride, q + t * stride, scale + t);
@@ -72,7 +68,7 @@ void int8_linear(const Int8LinearCall& call, int num_threads) {
   const PackedInt8& w = call.w;
   const int64_t m = call.m;
   if (m == 0 || w.rows == 0) return;
-  const Int8Kernels& k = kernels_for(cpu::active_isa());
+  const Int8Kernels& k = active_kernels();
 
   if (call.act == Int8Act::none) {
     float* x = scratch_floats(kDriverScratch, m * w.kp);

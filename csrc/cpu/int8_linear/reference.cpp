@@ -56,6 +56,16 @@ void quantize_row_ref(DType dtype, const void* x, int64_t cols, int64_t stride, 
 
 }  // namespace
 
-const Int8Kernels int8_kernels_reference = {"reference", false, quantize_row_ref, dynamic_ref, nullptr, 0, weight_only_ref};
+const Int8Kernels int8_kernels_reference = {
+    .isa = "reference",
+    .u8_acts = false,
+    .quantize_row = quantize_row_ref,
+    .dynamic_rows = dynamic_ref,
+    .rows_path = "reference",
+    .dynamic_tiles = nullptr,
+    .tiles_path = nullptr,
+    .tiles_min_m = 0,
+    .weight_only = weight_only_ref,
+};
 
 }  // namespace sparseinfer

@@ -70,18 +70,23 @@ CpuFeatures detect() {
 CpuFeatures detect() { return CpuFeatures{}; }
 #endif
 
-bool cpu_has(Isa isa) {
+// What a tier needs beyond its fallback tier.
+bool cpu_has_own(Isa isa) {
   const CpuFeatures& f = cpu_features();
   switch (isa) {
     case Isa::reference: return true;
     case Isa::avx2: return f.os_avx && f.avx2 && f.fma && f.f16c && f.bmi2 && f.popcnt;
-    case Isa::avx512:
-      return cpu_has(Isa::avx2) && f.os_avx512 && f.avx512f && f.avx512bw && f.avx512vl &&
-             f.avx512dq;
-    case Isa::avx512_vnni: return cpu_has(Isa::avx512) && f.avx512_vnni;
-    case Isa::amx: return cpu_has(Isa::avx512_vnni) && f.amx_tile && f.amx_int8 && f.amx_permitted;
+    case Isa::avx512: return f.os_avx512 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
+    case Isa::avx512_vnni: return f.avx512_vnni;
+    case Isa::amx: return f.amx_tile && f.amx_int8 && f.amx_permitted;
   }
   return false;
+}
+
+// A tier also needs its whole fallback chain: dispatch runs the fallback's kernels for ops
+// that have none of this tier.
+bool cpu_has(Isa isa) {
+  return cpu_has_own(isa) && (isa == Isa::reference || cpu_has(kIsaTiers[isa_index(isa)].fallback));
 }
 
 Isa initial_isa() {
@@ -108,14 +113,8 @@ const CpuFeatures& cpu_features() {
 }
 
 const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::reference: return "reference";
-    case Isa::avx2: return "avx2";
-    case Isa::avx512: return "avx512";
-    case Isa::avx512_vnni: return "avx512_vnni";
-    case Isa::amx: return "amx";
-  }
-  return "unknown";
+  const int i = isa_index(isa);
+  return i >= 0 && i < kIsaCount ? kIsaTiers[i].name : "unknown";
 }
 
 Isa isa_from_name(const std::string& name) {

@@ -16,17 +16,17 @@ constexpr int64_t kMinWorkPerThread = 1 << 16;
 // Rows per unit of work handed to a thread.
 constexpr int64_t kRowGrain = 16;
 
-const Sparse24Kernels& kernels_for(cpu::Isa isa) {
-  switch (isa) {
+// Tiers above avx512 run the avx512 kernels (fallbacks: isa_table.h).
+constexpr auto kKernels = cpu::kernel_table<Sparse24Kernels>({
+    {cpu::Isa::reference, &sparse24_kernels_reference},
 #if SPARSEINFER_X86
-    case cpu::Isa::amx:
-    case cpu::Isa::avx512_vnni:
-    case cpu::Isa::avx512: return sparse24_kernels_avx512;
-    case cpu::Isa::avx2: return sparse24_kernels_avx2;
+    {cpu::Isa::avx2, &sparse24_kernels_avx2},
+    {cpu::Isa::avx512, &sparse24_kernels_avx512},
 #endif
-    default: return sparse24_kernels_reference;
-  }
-}
+});
+static_assert(cpu::has_reference(kKernels));
+
+const Sparse24Kernels& active_kernels() { return cpu::pick_kernels(kKernels, cpu::active_isa()); }
 
 int choose_tasks(const PackedSparse24& w, int64_t m, int num_threads) {
   const int64_t units = (w.rows + kRowGrain - 1) / kRowGrain;
@@ -54,7 +54,7 @@ void sparse24_linear(const Sparse24LinearCall& call, int num_threads) {
   const PackedSparse24& w = call.w;
   const int64_t m = call.m;
   if (m == 0 || w.rows == 0) return;
-  const Sparse24Kernels& k = kernels_for(cpu::active_isa());
+  const Sparse24Kernels& k = active_kernels();
   const int64_t padded_cols = w.chunks * kS24ChunkCols;
   const int tasks = choose_tasks(w, m, num_threads);
 

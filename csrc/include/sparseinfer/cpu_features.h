@@ -1,15 +1,11 @@
 // What the CPU and OS support, detected once; which ISA tier the kernels dispatch to.
+// The tiers themselves (order, names, fallbacks) are in isa_table.h.
 #pragma once
 #include <string>
 
-namespace sparseinfer::cpu {
+#include "sparseinfer/isa_table.h"
 
-// Ordered: a tier may only be forced down to a lower one the CPU supports.
-// avx512_vnni adds vpdpbusd (int8 dot products); amx adds AMX-INT8 tiles, after the Linux
-// permission request (arch_prctl ARCH_REQ_XCOMP_PERM) succeeded. Formats without int8 kernels
-// run their avx512 kernels on these two tiers.
-enum class Isa : int { reference = 0, avx2 = 1, avx512 = 2, avx512_vnni = 3, amx = 4 };
-constexpr int kIsaCount = 5;
+namespace sparseinfer::cpu {
 
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false, bmi2 = false, popcnt = false;
@@ -26,8 +22,6 @@ Isa isa_from_name(const std::string& name);  // throws std::invalid_argument
 bool isa_compiled(Isa isa);                  // built into this binary
 bool isa_supported(Isa isa);                 // compiled and runnable on this CPU
 Isa best_isa();
-// True if `active` is `tier` or above (kernels of lower tiers run on higher ones).
-inline bool at_least(Isa active, Isa tier) { return static_cast<int>(active) >= static_cast<int>(tier); }
 Isa active_isa();
 void set_active_isa(Isa isa);  // throws std::runtime_error if the CPU lacks it
 

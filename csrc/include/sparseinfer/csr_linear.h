@@ -62,8 +62,9 @@ struct CsrLinearCall {
 };
 void csr_linear(const CsrLinearCall& call, int num_threads);
 
-// Which path csr_linear takes for m (exposed for tests and benchmarks).
-const char* csr_linear_path(const PackedCsr& w, int64_t m);
+// Which path csr_linear takes for m tokens on a weight packed with or without a bitmask
+// (exposed for tests and benchmarks).
+const char* csr_linear_path(int64_t m, bool has_bitmask);
 
 // Load-time packing from the canonical sparse-bitmask arrays (validated in Python first):
 // compressed values row-major, bitmask [rows, ceil(cols / 8)] little-endian, row_offsets[r] =

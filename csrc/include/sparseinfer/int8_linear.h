@@ -73,7 +73,9 @@ struct Int8Kernels {
   bool u8_acts;
   Int8QuantizeRow quantize_row;
   Int8DynamicKernel dynamic_rows;      // any m (used for small m)
+  const char* rows_path;               // int8_linear_path's name for dynamic_rows
   Int8DynamicKernel dynamic_tiles;     // large m (AMX), or null
+  const char* tiles_path;              // int8_linear_path's name for dynamic_tiles, or null
   int64_t tiles_min_m;                 // m from which dynamic_tiles runs
   Int8WeightOnlyKernel weight_only;
 };
@@ -94,7 +96,8 @@ struct Int8LinearCall {
 };
 void int8_linear(const Int8LinearCall& call, int num_threads);
 
-// Which path int8_linear takes for m tokens: e.g. "vnni_rows", "amx_tiles", "fp32_rows".
+// Which path int8_linear takes for m tokens: "dequant_rows" for act none, else the active tier's
+// Int8Kernels::rows_path or tiles_path (e.g. "vnni_rows", "amx_tiles").
 const char* int8_linear_path(Int8Act act, int64_t m, int64_t groups, int64_t group_size);
 
 // Per-token symmetric quantization with the active tier's code, exposed so tests can compare it
