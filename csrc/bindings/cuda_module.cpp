@@ -1,5 +1,5 @@
 // pybind11 module `sparseinfer._cuda`: device pointers, sizes and a stream handle in (no libtorch).
-// python/sparseinfer/ops.py validates every tensor first; the binding files (bindings/cuda/)
+// python/sparseinfer/ops/ validates every tensor first; the binding files (bindings/cuda/)
 // re-check what can be seen and throw on anything odd (ValueError / RuntimeError in Python).
 #include <pybind11/pybind11.h>
 

@@ -1,4 +1,4 @@
-// pybind11 module `sparseinfer._C`. Takes raw pointers and sizes (no libtorch): python/sparseinfer/ops.py
+// pybind11 module `sparseinfer._C`. Takes raw pointers and sizes (no libtorch): python/sparseinfer/ops/
 // validates every tensor first; the binding files re-check what can be seen and throw on anything odd.
 #include <pybind11/pybind11.h>
 

@@ -120,8 +120,9 @@ const char* isa_name(Isa isa) {
 Isa isa_from_name(const std::string& name) {
   for (int i = 0; i < kIsaCount; ++i)
     if (name == isa_name(static_cast<Isa>(i))) return static_cast<Isa>(i);
-  throw std::invalid_argument("unknown CPU ISA '" + name +
-                              "': expected one of reference, avx2, avx512");
+  std::string known;
+  for (const IsaTier& tier : kIsaTiers) known += std::string(known.empty() ? "" : ", ") + tier.name;
+  throw std::invalid_argument("unknown CPU ISA '" + name + "': expected one of " + known);
 }
 
 bool isa_compiled(Isa isa) { return isa == Isa::reference || SPARSEINFER_X86; }
