@@ -38,7 +38,7 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import registry
     from .benchmarks.linear import DEFAULT_MS, DEFAULT_SHAPES
-    csr_sparsities = registry.get("csr").bench_sparsities
+    sparsities = _default_sparsities()
     parser = argparse.ArgumentParser(prog="sparseinfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="time the kernels of every format against their baselines (same run)")
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shapes", type=_shape, nargs="+", default=None,
                        help=f"OUTxIN weight shapes (CPU default {' '.join(f'{o}x{i}' for o, i in DEFAULT_SHAPES)})")
     bench.add_argument("--sparsity", type=_sparsity, nargs="+", default=None,
-                       help=f"csr sparsities (CPU default {csr_sparsities}; 2:4 is 50%% by construction)")
+                       help=f"sparsities of the formats that take any (csr; CPU default {sparsities}); "
+                            "the others keep their own (2:4: 50%%)")
     bench.add_argument("--m", type=_positive, nargs="+", default=None,
                        help=f"tokens per call, batch x sequence (CPU default {DEFAULT_MS})")
     bench.add_argument("--dtype", choices=sorted(DTYPES), default=None,
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_sparsities() -> list[float]:
+    """The bench sparsities of the formats whose sparsity is free (csr)."""
+    from . import registry
+    return sorted({sp for s in registry.FORMATS.values() if s.tunable_sparsity for sp in s.bench_sparsities})
+
+
 def _write_json(path, document) -> None:
     """Write document() (with machine info) to path, when --json was given."""
     if path:
@@ -133,7 +140,7 @@ def _bench(args) -> int:
         return _bench_cuda(args)
     args.format = args.format or list(registry.names())
     shapes = args.shapes or list(linear.DEFAULT_SHAPES)
-    sparsities = args.sparsity or list(registry.get("csr").bench_sparsities)
+    sparsities = args.sparsity or _default_sparsities()
     ms = args.m or list(linear.DEFAULT_MS)
     dtype = DTYPES[args.dtype or "fp32"]
     given = _bench_options(args)
