@@ -2,10 +2,11 @@
 test_layer_contract.py): one OpCase per registered weight format, keyed by its registry name.
 
 The registry (sparseinfer.registry) knows each format's op, reference, layer, example weights and
-option variants; this table adds what only the tests need: how to call the raw custom op, the
-inconsistent raw arguments it must reject, the oracle its output is checked with, and the layout
-its state_dict is pinned to. test_op_contract.py::test_every_registered_format_has_an_op_case
-fails when a format is registered without an entry here, so no format escapes the contract tests.
+option variants; this table adds what only the tests need: how to call the raw custom op and its
+dense-weight op (the backward's W, test_autograd.py), the inconsistent raw arguments it must
+reject, the oracle its output is checked with, and the layout its state_dict is pinned to.
+test_op_contract.py::test_every_registered_format_has_an_op_case fails when a format is
+registered without an entry here, so no format escapes the contract tests.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class OpCase:
     raw_op: Any                              # torch.ops.sparseinfer.<op> (the CPU custom op)
     raw_args: Callable[..., dict]            # (weight, x, bias, **op_options) -> {arg name: value}, in order
     raw_bad: tuple[RawBad, ...]              # format-specific raw arguments the op must reject
+    dense_op: Any                            # torch.ops.sparseinfer.<op>_dense (the backward's W)
+    dense_args: Callable[[Any], tuple]       # weight -> the dense op's arguments
     check: Callable[..., None]               # (y, x, weight, bias, **op_options): y is the op's answer
     dense_reference: Callable[[dict], bool]  # op options under which spec.reference is x @ weight.to_dense().T
     state_keys: frozenset                    # the weight's state_dict keys (its checkpoint layout)
@@ -110,6 +113,16 @@ def _int8_raw_args(q, x, bias, act="dynamic"):
                 group_size=q.group_size or 0, act=act)
 
 
+def _csr_dense_args(csr):
+    p = csr.packed
+    return (p.values, p.local_idx, p.counts, p.block_offsets, p.block_nnz_prefix, csr.rows, csr.cols)
+
+
+def _int8_dense_args(q):
+    p = q.packed
+    return (p.qweight, p.wsum, p.scales, q.rows, q.cols, q.group_size or 0)
+
+
 # raw arguments every op rejects (x [3, cols] and no bias in the arguments they change)
 COMMON_RAW_BAD = (
     RawBad("x_cols", lambda a: _replace(a, x=torch.randn(3, a["cols"] - 1)), "x must be"),
@@ -120,6 +133,7 @@ COMMON_RAW_BAD = (
 CASES: dict[str, OpCase] = {case.name: case for case in (
     OpCase(
         name="csr", raw_op=torch.ops.sparseinfer.csr_linear, raw_args=_csr_raw_args,
+        dense_op=torch.ops.sparseinfer.csr_dense, dense_args=_csr_dense_args,
         raw_bad=(
             RawBad("counts", lambda a: _replace(a, counts=a["counts"][:, :5].contiguous()), "counts"),
             RawBad("values", lambda a: _replace(a, values=a["values"][:-20].contiguous()), "values"),
@@ -130,6 +144,8 @@ CASES: dict[str, OpCase] = {case.name: case for case in (
         sparsity=0.7, packs=({"bitmask": True}, {"bitmask": False})),
     OpCase(
         name="2:4", raw_op=torch.ops.sparseinfer.sparse24_linear, raw_args=_sparse24_raw_args,
+        dense_op=torch.ops.sparseinfer.sparse24_dense,
+        dense_args=lambda s24: (s24.packed.values, s24.packed.meta, s24.rows, s24.cols),
         raw_bad=(
             RawBad("values", lambda a: _replace(a, values=a["values"][:4].contiguous()), "values must have shape"),
             RawBad("meta_shape", lambda a: _replace(a, meta=a["meta"][:, :2].contiguous()), "meta must have shape"),
@@ -141,6 +157,7 @@ CASES: dict[str, OpCase] = {case.name: case for case in (
         sparsity=0.5),
     OpCase(
         name="int8", raw_op=torch.ops.sparseinfer.int8_linear, raw_args=_int8_raw_args,
+        dense_op=torch.ops.sparseinfer.int8_dense, dense_args=_int8_dense_args,
         raw_bad=(
             RawBad("qweight", lambda a: _replace(a, qweight=a["qweight"][:, :8].contiguous()),
                    "qweight must have shape"),

@@ -91,6 +91,119 @@ def test_activation_quantization_is_exact(isa, dtype):
     assert torch.all(q[:, 203:] == 0) and torch.all(q[2] == 0) and scale[2] == 0
 
 
+# Tokens with NaN / inf activations (int8_linear.h, "Non-finite activations"). The weight has a
+# column (20) of zeros except in row 4, a zero row (9) and a row of positive weights (4).
+NONFINITE_KINDS = ["finite", "nan", "all_nan", "pinf", "ninf", "both_infs", "nan_and_inf", "all_inf",
+                   "inf_on_zero_column"]
+
+
+def _poison(x, t, kind):
+    nan, inf = float("nan"), float("inf")
+    if kind == "nan":
+        x[t, 7] = nan
+    elif kind == "all_nan":
+        x[t] = nan
+    elif kind == "pinf":
+        x[t, 5] = inf
+    elif kind == "ninf":
+        x[t, x.shape[1] - 1] = -inf           # in the last, short K block
+    elif kind == "both_infs":
+        x[t, 3], x[t, 200] = inf, -inf
+    elif kind == "nan_and_inf":
+        x[t, 10], x[t, 11] = inf, nan
+    elif kind == "all_inf":
+        x[t] = inf
+    elif kind == "inf_on_zero_column":
+        x[t, 20] = -inf
+
+
+def _nonfinite_weight(dtype, group_size):
+    w = torch.randn(70, 300)
+    w[:, 20] = 0
+    w[9] = 0
+    w[4] = w[4].abs() + 0.1
+    return w, Int8.from_dense(w.to(dtype), group_size)
+
+
+def _same_specials(a, b):
+    return (torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(torch.isposinf(a), torch.isposinf(b))
+            and torch.equal(torch.isneginf(a), torch.isneginf(b)))
+
+
+@pytest.mark.parametrize("group_size", GROUPS, ids=lambda g: f"g{g}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 17, 40])
+def test_dynamic_nonfinite_activations(isa, dtype, m, group_size):
+    """A token with a NaN or an inf is not quantized: its row is what x @ dequant(W).T gives
+    there (NaN, +inf, -inf), equal to the reference on every tier, and other tokens keep their
+    bits. m covers every row-kernel token count and the AMX tiles (m >= 8, > 32)."""
+    _, q = _nonfinite_weight(dtype, group_size)
+    wq = q.to_dense(torch.float32)
+    bias = torch.randn(70).to(dtype)
+    n = len(NONFINITE_KINDS)
+    batches = [[kind] for kind in NONFINITE_KINDS] if m == 1 else \
+        [[NONFINITE_KINDS[(t + shift) % n] for t in range(m)] for shift in (0, 4)]
+    for kinds in batches:
+        x = torch.randn(m, 300)
+        for t, kind in enumerate(kinds):
+            _poison(x, t, kind)
+        x = x.to(dtype)
+        for b in (bias, None):
+            y = ops.int8_linear(x, q, b)
+            ref = reference.int8_linear(x, q, b)
+            torch.testing.assert_close(y, ref, rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda msg: f"{ops.int8_linear_path(q, m)} {kinds}: {msg}")
+            # NaN / inf exactly where F.linear on the dequantized weight (and act="none") has them.
+            dense = torch.nn.functional.linear(x.float(), wq, None if b is None else b.float())
+            assert _same_specials(y.float(), dense), kinds
+            assert _same_specials(ops.int8_linear(x, q, b, act="none").float(), dense), kinds
+            for t, kind in enumerate(kinds):
+                if kind == "finite":
+                    assert torch.isfinite(y[t]).all()
+                elif kind in ("nan", "all_nan", "nan_and_inf"):
+                    assert torch.isnan(y[t]).all(), kind
+                elif kind == "inf_on_zero_column":  # -inf x 0 is NaN; row 4 alone is -inf
+                    assert torch.isnan(y[t, :4]).all() and torch.isnan(y[t, 5:]).all()
+                    assert y[t, 4] == -float("inf")
+                else:
+                    assert torch.isnan(y[t, 9]), kind  # inf x zero weight
+                    sign = -1 if kind == "ninf" else 1
+                    if kind != "both_infs":
+                        assert y[t, 4] == sign * float("inf"), kind
+                    assert not torch.isfinite(y[t]).any(), kind
+
+
+def test_nonfinite_rows_keep_the_other_tokens_bits(isa):
+    _, q = _nonfinite_weight(torch.float32, None)
+    x = torch.randn(17, 300)
+    y = ops.int8_linear(x, q)
+    x[3, 8] = float("nan")
+    x[12, 0] = float("inf")
+    y2 = ops.int8_linear(x, q)
+    keep = [t for t in range(17) if t not in (3, 12)]
+    assert torch.equal(y2[keep], y[keep])
+    assert torch.isnan(y2[3]).all() and not torch.isfinite(y2[12]).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nonfinite_tokens_are_marked_by_quantization(isa, dtype):
+    x = torch.randn(len(NONFINITE_KINDS), 203)
+    for t, kind in enumerate(NONFINITE_KINDS):
+        _poison(x, t, kind)
+    x = x.to(dtype)
+    m, stride = x.shape[0], 256
+    q = torch.full((m, stride), 99, dtype=torch.int8)
+    scale = torch.empty(m)
+    _C.quantize_rows_int8(DTYPE_CODES[dtype], x.data_ptr(), m, 203, stride, q.data_ptr(), scale.data_ptr())
+    q_ref, s_ref = reference.quantize_per_token(x)
+    assert torch.equal(q[:, :203], q_ref) and torch.all(q[:, 203:] == 0)
+    torch.testing.assert_close(scale, s_ref, rtol=0, atol=0, equal_nan=True)
+    bad = torch.tensor([kind != "finite" for kind in NONFINITE_KINDS])
+    assert torch.all(q[bad] == 0) and not torch.isfinite(scale[bad]).any() and torch.isfinite(scale[~bad]).all()
+    has_nan = torch.isnan(x.float()).any(-1)
+    assert torch.equal(torch.isnan(scale), has_nan) and torch.equal(torch.isposinf(scale), bad & ~has_nan)
+
+
 def test_k_16384_does_not_overflow(isa):
     cols = 16384
     qw = torch.full((3, cols), -128, dtype=torch.int8)

@@ -30,19 +30,41 @@ def sparse24_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-token int8 quantization of x [m, k] (as ops.int8_linear does it):
     scale = max|x| / 127, q = clamp(round(x * (127 / max|x|)), -127, 127) in fp32, round half to
-    even; a zero row gets q = 0 and scale 0. Returns (q int8 [m, k], scale fp32 [m])."""
+    even; a zero row gets q = 0 and scale 0. A token holding a NaN or an inf cannot be quantized:
+    its q row is 0 and its scale max|x| / 127 is NaN (it holds a NaN) or +inf, which marks it.
+    Returns (q int8 [m, k], scale fp32 [m])."""
     xf = x.float()
-    absmax = xf.abs().amax(-1) if xf.shape[-1] else torch.zeros(xf.shape[:-1])
-    inv = torch.where(absmax > 0, torch.full_like(absmax, 127.0) / absmax, torch.zeros_like(absmax))
+    absmax = xf.abs().amax(-1) if xf.shape[-1] else torch.zeros(xf.shape[:-1])  # amax keeps NaN
+    finite = torch.isfinite(absmax)
+    xf = torch.where(finite.unsqueeze(-1), xf, torch.zeros_like(xf))
+    inv = torch.where(finite & (absmax > 0), torch.full_like(absmax, 127.0) / absmax, torch.zeros_like(absmax))
     q = torch.round(xf * inv.unsqueeze(-1)).clamp(-127, 127).to(torch.int8)
     return q, absmax / 127.0
+
+
+def _nonfinite_rows(x: torch.Tensor, weight) -> torch.Tensor:
+    """int8_linear's rows for tokens x [n, cols] that hold a NaN or an inf (before bias): the sum
+    over the token's non-finite columns k of x[k] * dequant(W)[:, k], in fp32. Every term is NaN
+    or +-inf, so the sum is order-free: NaN if the token holds a NaN, an inf meets a zero weight
+    or infinities of both signs meet, else that infinity (x @ dequant(W).T as F.linear propagates
+    it; the finite columns, left out, could only matter by overflowing)."""
+    width = weight.cols if weight.group_size is None else weight.group_size
+    group = torch.arange(weight.cols) // width
+    w = weight.qweight().float() * weight.scale().float()[:, group]  # fp32, as the kernels round it
+    rows = []
+    for xt in x.float():
+        bad = ~torch.isfinite(xt)
+        rows.append((xt[bad].unsqueeze(0) * w[:, bad]).sum(-1))
+    return torch.stack(rows) if rows else torch.zeros(0, weight.rows)
 
 
 def int8_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
                 act: str = "dynamic") -> torch.Tensor:
     """Reference for ops.int8_linear. act="dynamic": quantize x per token, exact integer dot
     products per group, then the fp32 epilogue in the kernels' order (int8_linear.h), so the
-    result is bit-identical. act="none": x @ dequantized(W).T + bias in float64."""
+    result is bit-identical; a token holding a NaN or an inf is not quantized: its row is
+    _nonfinite_rows (+ bias), NaN / +-inf where x @ dequant(W).T has them. act="none":
+    x @ dequantized(W).T + bias in float64 (NaN and inf propagate as in F.linear)."""
     if act == "none":
         return linear(x, weight.to_dense(torch.float64), bias)
     x2 = x.reshape(-1, weight.cols)
@@ -55,6 +77,9 @@ def int8_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
         dot = qx[:, cols].double() @ qw[:, cols].double().T  # exact: |dot| < 2^53
         s = s + dot.float() * scale[:, g]
     y = s * sx.unsqueeze(-1)
+    bad = ~torch.isfinite(sx)
+    if bool(bad.any()):
+        y[bad] = _nonfinite_rows(x2[bad], weight)
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype).reshape(*x.shape[:-1], weight.rows)

@@ -19,6 +19,11 @@ inline RowBlock row_block(const PackedCsr& w, int64_t b) {
   return {r0, std::min<int64_t>(kRowBlock, w.rows - r0)};
 }
 
+// A row whose bitmask popcount differs from its count (see PackedCsr::mask_error).
+inline void report_mask_error(const PackedCsr& w) {
+  if (w.mask_error) __atomic_store_n(w.mask_error, 1, __ATOMIC_RELAXED);
+}
+
 inline int64_t panel_offset(const PackedCsr& w, int64_t p, int64_t b) {
   return w.block_offsets[p * (w.row_blocks + 1) + b];
 }

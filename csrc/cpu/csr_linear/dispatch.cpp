@@ -2,6 +2,7 @@
 // and splits row blocks across threads by non-zeros.
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "../driver_common.h"
@@ -79,9 +80,11 @@ const char* csr_linear_path(int64_t m, bool has_bitmask) {
 }
 
 void csr_linear(const CsrLinearCall& call, int num_threads) {
-  const PackedCsr& w = call.w;
   const int64_t m = call.m;
-  if (m == 0 || w.rows == 0) return;
+  if (m == 0 || call.w.rows == 0) return;
+  PackedCsr w = call.w;
+  int mask_error = 0;  // PackedCsr::mask_error: the bitmask kernels' report of an inconsistent mask
+  w.mask_error = &mask_error;
   const CsrKernels& k = active_kernels();
   const int64_t padded_cols = w.panels * kPanelCols + kXPad;
   const int tasks = choose_tasks(w, m, num_threads);
@@ -94,6 +97,8 @@ void csr_linear(const CsrLinearCall& call, int num_threads) {
     run_blocks(w, tasks, [&](int64_t b0, int64_t b1) {
       kernel(w, x, padded_cols, m, b0, b1, call.out);
     });
+    if (__atomic_load_n(&mask_error, __ATOMIC_RELAXED))
+      throw std::invalid_argument("csr_linear: bitmask is inconsistent with counts (a row's popcount differs)");
     return;
   }
 

@@ -75,9 +75,14 @@ void rows_expand_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b
         uint64_t m0, m1;
         std::memcpy(&m0, masks + r * kMaskWordsPerPanel, 8);
         std::memcpy(&m1, masks + r * kMaskWordsPerPanel + 4, 8);
+        const int lo = __builtin_popcountll(m0);
+        if (lo + __builtin_popcountll(m1) != c) {  // would read outside the row's values
+          report_mask_error(w);
+          off += c;
+          continue;
+        }
         // Start of each chunk's values, computed independently (no serial popcount chain).
         int64_t start[8];
-        int lo = __builtin_popcountll(m0);
         start[0] = 0;
         start[1] = __builtin_popcountll(m0 & 0xffffull);
         start[2] = __builtin_popcountll(m0 & 0xffffffffull);

@@ -23,15 +23,19 @@ __m256 load8_f32(const void* x, int64_t c) {
 // Same bits as quantize_row_ref (see avx512_kernels.h for why); scalar for the tail.
 template <DType DT>
 void quantize_row_dt(const void* x, int64_t cols, int64_t stride, int8_t* q, float* scale) {
-  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  __m256 vmax = _mm256_setzero_ps();
+  // max|x| as a max over |x|'s bits (common.h: NaN and inf survive it).
+  const __m256i sign = _mm256_set1_epi32(0x7fffffff);
+  __m256i vmax = _mm256_setzero_si256();
   int64_t c = 0;
-  for (; c + 8 <= cols; c += 8) vmax = _mm256_max_ps(_mm256_and_ps(load8_f32<DT>(x, c), sign), vmax);
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
-  float absmax = 0.f;
-  for (float v : lanes) absmax = absmax > v ? absmax : v;
-  for (; c < cols; ++c) absmax = std::fmax(absmax, std::fabs(load_as_f32(DT, x, c)));
+  for (; c + 8 <= cols; c += 8)
+    vmax = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(load8_f32<DT>(x, c)), sign), vmax);
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), vmax);
+  uint32_t bits = 0;
+  for (uint32_t v : lanes) bits = max_bits(bits, v);
+  for (; c < cols; ++c) bits = max_bits(bits, abs_bits(load_as_f32(DT, x, c)));
+  const float absmax = float_from_bits(bits);
+  if (!int8_finite(absmax)) return quantize_nonfinite_row(absmax, stride, 0, q, scale);
   const float inv_s = int8_inverse_scale(absmax);
   const __m256 inv = _mm256_set1_ps(inv_s);
   const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);

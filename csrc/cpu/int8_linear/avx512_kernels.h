@@ -19,17 +19,20 @@ __m512 load16_f32(const void* x, int64_t c, __mmask16 k) {
     return Avx512Base::widen<DT>(_mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(x) + c));
 }
 
-// Same bits as quantize_row_ref: max is exact in any order, x * inv is one fp32 product and
-// vcvtps2dq rounds to nearest even like nearbyint; NaN converts to INT_MIN and clamps to -127.
+// Same bits as quantize_row_ref: max is exact in any order (an integer max over |x|'s bits,
+// common.h: masked-off lanes load as +0), x * inv is one fp32 product and vcvtps2dq rounds to
+// nearest even like nearbyint. A row with a NaN or an inf leaves before the second pass.
 template <DType DT, bool U8>
 void quantize_row_dt(const void* x, int64_t cols, int64_t stride, int8_t* q, float* scale) {
-  const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-  __m512 vmax = _mm512_setzero_ps();
+  const __m512i sign = _mm512_set1_epi32(0x7fffffff);
+  __m512i vmax = _mm512_setzero_si512();
   for (int64_t c = 0; c < cols; c += 16) {
     const __mmask16 k = cols - c >= 16 ? __mmask16(0xffff) : Avx512Base::tail(int(cols - c));
-    vmax = _mm512_max_ps(_mm512_and_ps(load16_f32<DT>(x, c, k), sign), vmax);
+    vmax = _mm512_max_epi32(_mm512_and_si512(_mm512_castps_si512(load16_f32<DT>(x, c, k)), sign), vmax);
   }
-  const float absmax = _mm512_reduce_max_ps(vmax);
+  const float absmax = float_from_bits(static_cast<uint32_t>(_mm512_reduce_max_epi32(vmax)));
+  if (!int8_finite(absmax))
+    return quantize_nonfinite_row(absmax, stride, static_cast<int8_t>(U8 ? 0x80 : 0), q, scale);
   const __m512 inv = _mm512_set1_ps(int8_inverse_scale(absmax));
   const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
   const __m128i offset = _mm_set1_epi8(U8 ? char(0x80) : 0);

@@ -1,5 +1,8 @@
 // Threaded driver for int8_linear: chooses the ISA tier and the path, quantizes (W8A8) or
 // converts (weight-only) x once per call, and splits row blocks evenly across threads.
+#include <limits>
+#include <vector>
+
 #include "../driver_common.h"
 #include "common.h"
 #include "sparseinfer/cpu_features.h"
@@ -42,6 +45,39 @@ void run_row_blocks(const PackedInt8& w, int64_t m, int num_threads, int64_t gra
     const int64_t rb0 = std::min(w.row_blocks, units * t / n * grain);
     const int64_t rb1 = std::min(w.row_blocks, units * (t + 1) / n * grain);
     if (rb0 < rb1) body(rb0, rb1);
+  });
+}
+
+// Output row of token t whose activations hold a NaN or an inf (int8_linear.h): the sum over
+// its non-finite columns k of x[k] * (float(q[r][k]) * scale[r][group of k]), in fp32, plus bias.
+// Every term is inf or NaN, so the order of the sum cannot change it (NaN if any term is NaN or
+// infinities of both signs meet, else that infinity). Rare: runs only for such tokens.
+void nonfinite_token(const PackedInt8& w, const Int8LinearCall& call, int64_t t, int num_threads) {
+  const DType dt = call.out.dtype;
+  const void* xt = static_cast<const char*>(call.x) + t * w.cols * dtype_size(dt);
+  std::vector<int64_t> cols;
+  bool nan = false;
+  for (int64_t k = 0; k < w.cols; ++k) {
+    const float v = load_as_f32(dt, xt, k);
+    if (v != v) nan = true;
+    else if (!int8_finite(v)) cols.push_back(k);
+  }
+  run_row_blocks(w, 1, num_threads, 1, [&](int64_t rb0, int64_t rb1) {
+    const int64_t r1 = std::min(w.rows, rb1 * kInt8RowBlock);
+    for (int64_t r = rb0 * kInt8RowBlock; r < r1; ++r) {
+      float sum = std::numeric_limits<float>::quiet_NaN();  // a NaN times anything is NaN
+      if (!nan) {
+        sum = 0.f;
+        for (int64_t k : cols) {
+          const int64_t g = w.groups == 1 ? 0 : k / w.group_size;
+          const float wk = static_cast<float>(weight_at(w, r, k)) *
+                           w.scales[int8_group_cell(w, r / kInt8RowBlock, g) + r % kInt8RowBlock];
+          sum = sum + load_as_f32(dt, xt, k) * wk;
+          if (sum != sum) break;  // NaN stays NaN
+        }
+      }
+      store_block(w.rows, call.out, r, 1, t, 1, &sum, 1, 1);
+    }
   });
 }
 
@@ -110,6 +146,10 @@ void int8_linear(const Int8LinearCall& call, int num_threads) {
       k.dynamic_rows(w, acts, 0, m, rb0, rb1, call.out);
     });
   }
+  // Tokens that could not be quantized (scale NaN or inf): the kernels wrote garbage rows for
+  // them (their q is 0, their scale not finite); overwrite those rows.
+  for (int64_t t = 0; t < m; ++t)
+    if (!int8_finite(acts.scale[t])) nonfinite_token(w, call, t, num_threads);
 }
 
 }  // namespace sparseinfer

@@ -5,10 +5,6 @@
 namespace sparseinfer {
 namespace {
 
-inline int8_t weight_at(const PackedInt8& w, int64_t r, int64_t k) {
-  return w.qweight[int8_line(w, r / kInt8RowBlock, k / 4) + (r % kInt8RowBlock) * 4 + k % 4];
-}
-
 void dynamic_ref(const PackedInt8& w, const QuantizedActs& x, int64_t t0, int64_t mt, int64_t rb0,
                  int64_t rb1, const LinearOutput& out) {
   const int64_t r1 = std::min(w.rows, rb1 * kInt8RowBlock);
@@ -46,8 +42,10 @@ void weight_only_ref(const PackedInt8& w, const float* x, int64_t t0, int64_t mt
 }
 
 void quantize_row_ref(DType dtype, const void* x, int64_t cols, int64_t stride, int8_t* q, float* scale) {
-  float absmax = 0.f;
-  for (int64_t c = 0; c < cols; ++c) absmax = std::fmax(absmax, std::fabs(load_as_f32(dtype, x, c)));
+  uint32_t bits = 0;
+  for (int64_t c = 0; c < cols; ++c) bits = max_bits(bits, abs_bits(load_as_f32(dtype, x, c)));
+  const float absmax = float_from_bits(bits);
+  if (!int8_finite(absmax)) return quantize_nonfinite_row(absmax, stride, 0, q, scale);
   const float inv = int8_inverse_scale(absmax);
   for (int64_t c = 0; c < cols; ++c) q[c] = quantize_one(load_as_f32(dtype, x, c), inv);
   for (int64_t c = cols; c < stride; ++c) q[c] = 0;

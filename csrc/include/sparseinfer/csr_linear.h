@@ -30,6 +30,10 @@ struct PackedCsr {
   const int64_t* block_offsets = nullptr;  // [panels, row_blocks + 1]
   const int64_t* block_nnz_prefix = nullptr;  // [row_blocks + 1]: nnz of blocks before b
   const uint16_t* bitmask = nullptr;     // [panels, rows, kMaskWordsPerPanel] or null
+  // Set by the driver: the bitmask kernels read popcount(mask) values for a row, so a row whose
+  // mask popcount is not its count (raw arrays nobody validated) would read outside its values.
+  // They skip such a row (count > 0) and store 1 here; csr_linear then throws invalid_argument.
+  int* mask_error = nullptr;
 };
 
 // Row-wise kernels for small m: x is fp32, [m][xstride] zero-padded (stride >= panels*128+kXPad).

@@ -16,6 +16,15 @@
 //     y[t][r] = (sum over groups g, in order, of float(dot_g) * scale[r][g]) * scale_x[t] + bias[r]
 //   with every product and sum rounded in fp32 (no fused multiply-add), so every ISA gives the
 //   same bits as python/sparseinfer/reference.py.
+//   Non-finite activations: a token holding a NaN or an inf cannot be quantized. Its max|x| is
+//   computed NaN-propagating (NaN if any NaN, else +inf), quantize_row stores q = 0 and
+//   scale_x = max|x| / 127 (NaN or +inf: the mark), and the driver computes that token's row as
+//     y[t][r] = (sum over the columns k where x[t][k] is NaN or +-inf of
+//                x[t][k] * (float(q_w[r][k]) * scale[r][g(k)])) + bias[r]
+//   in fp32. Every term is NaN or +-inf, so the sum is the same in any order: NaN if the token
+//   holds a NaN, if an inf meets a zero weight or if infinities of both signs meet; otherwise
+//   the one infinity. This is x @ dequant(W).T as F.linear / act = none propagate it, except
+//   that the token's finite columns are left out (they matter only if their own sum overflows).
 // act = none (weight-only): y = x @ dequant(W).T + bias, fp32 accumulation.
 #pragma once
 #include <cstdint>
@@ -101,7 +110,8 @@ void int8_linear(const Int8LinearCall& call, int num_threads);
 const char* int8_linear_path(Int8Act act, int64_t m, int64_t groups, int64_t group_size);
 
 // Per-token symmetric quantization with the active tier's code, exposed so tests can compare it
-// with the reference exactly. x [m, cols] in dtype -> q [m][stride] int8 (zero beyond cols), scale [m].
+// with the reference exactly. x [m, cols] in dtype -> q [m][stride] int8 (zero beyond cols), scale [m];
+// a token with a NaN or an inf gets q = 0 and scale NaN (it holds a NaN) or +inf.
 void quantize_rows_int8(DType dtype, const void* x, int64_t m, int64_t cols, int64_t stride,
                         int8_t* q, float* scale);
 

@@ -59,6 +59,14 @@ class CanonicalWeightModule(nn.Module):
     def sparsity(self) -> float:
         return self._weight.sparsity
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every module it compiles (a whole model's too)
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled with torch.jit.script: its weight is a packed "
+            "sparseinfer format object run by native kernels, which TorchScript cannot type. Use "
+            "torch.compile(model), torch.export.export(model, args) or torch.jit.trace(model, "
+            "example_inputs) instead (all three run the torch.ops.sparseinfer custom ops).")
+
     def _apply(self, fn, recurse=True):
         # .cuda() / .to(device, dtype) / .half(): move the bias (super) and re-pack the weight once
         # for the target device's kernels; fn applied to a probe tells where and what to.

@@ -12,7 +12,8 @@ from .canonical_state import CanonicalWeightModule
 
 
 class CSRLinear(CanonicalWeightModule):
-    """y = x @ W.T + b with W sparse (CSR). Inference only: no gradient flows to W.
+    """y = x @ W.T + b with W sparse (CSR). W is frozen: gradients flow to x (dX = dY @ W) and to
+    the bias if made trainable (bias.requires_grad_()), never to W.
 
     state_dict holds the compressed-tensors sparse-bitmask arrays of the weight (shape,
     compressed, bitmask, row_offsets); the packed kernel form is rebuilt and validated on load."""

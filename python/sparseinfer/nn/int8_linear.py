@@ -12,7 +12,9 @@ from .canonical_state import CanonicalWeightModule
 
 
 class Int8Linear(CanonicalWeightModule):
-    """y = x @ W.T + b with W int8 (per-channel or per-group scales). Inference only.
+    """y = x @ W.T + b with W int8 (per-channel or per-group scales). W is frozen: gradients flow
+    to x as dX = dY @ dequant(W) for both act modes (straight-through for act="dynamic"'s
+    quantization of x) and to the bias if made trainable, never to W.
 
     act="dynamic" (W8A8: activations quantized per token inside every call, int8 dot products)
     or "none" (weight-only: fp32 math on dequantized weights; most accurate, best at small m).

@@ -13,7 +13,8 @@ from .canonical_state import CanonicalWeightModule
 
 
 class Sparse24Linear(CanonicalWeightModule):
-    """y = x @ W.T + b with W 2:4 sparse. Inference only: no gradient flows to W.
+    """y = x @ W.T + b with W 2:4 sparse. W is frozen: gradients flow to x (dX = dY @ W) and to
+    the bias if made trainable (bias.requires_grad_()), never to W.
 
     state_dict holds the compressed-tensors sparse-24-bitmask arrays of the weight (shape,
     compressed, bitmask); the packed kernel form is rebuilt and validated on load."""

@@ -2,7 +2,10 @@
 
 One module per op, named for its format (``csr``, ``sparse24``, ``int8``): public function,
 ``torch.library`` custom ops with fake kernels, CPU and CUDA entries, path choice. Shared argument
-checks live in ``checks``, CUDA path thresholds in ``cuda_paths``. Every ``*_path(weight, m, ...)`` names the kernel path a call would take.
+checks live in ``checks``, CUDA path thresholds in ``cuda_paths``, and in ``autograd`` when a call
+goes through its custom op (torch.compile, torch.jit.trace, autograd) and the backward every op
+registers (dX = dY @ W with the frozen weight rebuilt by its ``<op>_dense`` custom op). Every
+``*_path(weight, m, ...)`` names the kernel path a call would take.
 """
 from ..formats.int8 import ACTS as INT8_ACTS
 from .csr import csr_linear, csr_linear_path

@@ -2,7 +2,9 @@
 
 The public function validates everything; the custom ops (torch.ops.sparseinfer.sparse24_linear
 and sparse24_linear_cuda, with fake kernels) check shapes only: any meta content is memory-safe
-(a slot addresses only its own group).
+(a slot addresses only its own group). Their backward (x and bias; the weight is frozen) is
+registered through ops/autograd.py, with sparse24_dense / sparse24_dense_cuda rebuilding the
+dense weight.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import torch.nn.functional as F
 from .._native import _C, _cuda, DTYPE_CODES, SPARSE24_CHUNK_COLS
 from ..formats import sparse24_cuda
 from ..formats.sparse24 import Sparse24
+from ..formats.sparse24_cpu import Sparse24CpuPacked
+from .autograd import register_frozen_weight_grad, via_custom_op
 from .checks import (check_activation, check_bias, check_raw_dims, check_raw_x,
                      check_shaped, check_tensor, check_values_dtype, check_weight, cuda_stream, on_tokens, ptr)
 from .cuda_paths import sparse24_cuda_path
@@ -44,17 +48,38 @@ def _(x, values, meta, bias, rows, cols):
 
 def _check_cpu_raw(x, values, meta, bias, rows, cols) -> None:
     """Shape/dtype guards for direct callers of torch.ops.sparseinfer.sparse24_linear."""
-    check_values_dtype(values, _VALUE_DTYPES)
-    check_raw_dims(rows, cols)
-    chunks, quads = -(-cols // SPARSE24_CHUNK_COLS), -(-rows // 4)
+    _check_cpu_weight(values, meta, rows, cols)
     check_raw_x(x, values.dtype, cols)
-    check_shaped((("values", values, values.dtype, (quads, chunks, 4, SPARSE24_CHUNK_COLS // 2)),
-                  ("meta", meta, torch.int32, (quads, chunks, 4, 1))))
     check_bias(bias, values.dtype, rows)
 
 
+def _check_cpu_weight(values, meta, rows, cols) -> None:
+    check_values_dtype(values, _VALUE_DTYPES)
+    check_raw_dims(rows, cols)
+    chunks, quads = -(-cols // SPARSE24_CHUNK_COLS), -(-rows // 4)
+    check_shaped((("values", values, values.dtype, (quads, chunks, 4, SPARSE24_CHUNK_COLS // 2)),
+                  ("meta", meta, torch.int32, (quads, chunks, 4, 1))))
+
+
+@torch.library.custom_op("sparseinfer::sparse24_dense", mutates_args=())
+def _cpu_dense_op(values: torch.Tensor, meta: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The dense [rows, cols] weight of a packed CPU 2:4 weight (the backward's dX = dY @ W);
+    plain torch, any meta content is safe."""
+    _check_cpu_weight(values, meta, rows, cols)
+    return Sparse24CpuPacked(values, meta).to_dense(rows, cols, -(-cols // SPARSE24_CHUNK_COLS))
+
+
+@_cpu_dense_op.register_fake
+def _(values, meta, rows, cols):
+    return values.new_empty(rows, cols)
+
+
+register_frozen_weight_grad(_cpu_op, lambda a: _cpu_dense_op(a[1], a[2], a[4], a[5]), bias_arg=3)
+
+
 def _cpu_entry(x2: torch.Tensor, weight: Sparse24, bias) -> torch.Tensor:
-    op = _cpu_op if torch.compiler.is_compiling() else _cpu_native  # eager: skip the dispatcher
+    # eager: skip the dispatcher, unless compile / trace / autograd needs the op (ops/autograd.py)
+    op = _cpu_op if via_custom_op(x2, bias) else _cpu_native
     return op(x2, weight.packed.values, weight.packed.meta, bias, weight.rows, weight.cols)
 
 
@@ -87,31 +112,56 @@ def _check_cuda_raw(x, values, meta, bias, rows, cols) -> None:
     """Shape/dtype/device guards for direct callers of torch.ops.sparseinfer.sparse24_linear_cuda."""
     if values.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"values dtype must be float16 or bfloat16, got {values.dtype}")
-    check_raw_dims(rows, cols)
-    device = values.device
+    _check_cuda_weight(values, meta, rows, cols)
     ldx = -(-cols // 8) * 8
-    check_tensor("x", x, values.dtype, device)
+    check_tensor("x", x, values.dtype, values.device)
     if x.dim() != 2 or x.shape[1] != ldx or x.data_ptr() % 16:
         raise ValueError(f"x must be [m, {ldx}] and 16-byte aligned, got {tuple(x.shape)}")
+    check_bias(bias, values.dtype, rows, values.device)
+
+
+def _check_cuda_weight(values, meta, rows, cols) -> None:
+    """The CUDA layout's tensors against rows/cols (shapes, dtypes, device, alignment)."""
+    check_values_dtype(values, _VALUE_DTYPES)
+    check_raw_dims(rows, cols)
+    device = values.device
     rt, kt = -(-rows // 16), 2 * -(-cols // 64)
     for name, t, dtype, shape in (("values", values, values.dtype, (rt, kt, 32, 8)),
                                   ("meta", meta, torch.int32, (rt, kt // 2, 32))):
         check_tensor(name, t, dtype, device)
         if tuple(t.shape) != shape or t.data_ptr() % 16:
             raise ValueError(f"{name} must have shape {shape} and be 16-byte aligned, got {tuple(t.shape)}")
-    check_bias(bias, values.dtype, rows, device)
+
+
+@torch.library.custom_op("sparseinfer::sparse24_dense_cuda", mutates_args=(), device_types="cuda")
+def _cuda_dense_op(values: torch.Tensor, meta: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The dense [rows, cols] weight of the CUDA 2:4 layout, built on the device (the
+    dense_expand path and the backward's dX = dY @ W)."""
+    _check_cuda_weight(values, meta, rows, cols)
+    return sparse24_cuda.dense_on_device(sparse24_cuda.Sparse24CudaPacked(values, meta), rows, cols)
+
+
+@_cuda_dense_op.register_fake
+def _(values, meta, rows, cols):
+    return values.new_empty(rows, cols)
+
+
+register_frozen_weight_grad(_cuda_op, lambda a: _cuda_dense_op(a[1], a[2], a[4], a[5]), bias_arg=3)
 
 
 def _cuda_entry(x2: torch.Tensor, weight: Sparse24, bias) -> torch.Tensor:
     p = weight.packed
+    custom = via_custom_op(x2, bias)  # compile / trace / autograd: see ops/autograd.py
     if sparse24_cuda_path(weight.dtype, x2.shape[0]) == "dense_expand":
-        return F.linear(x2, sparse24_cuda.dense_on_device(p, weight.rows, weight.cols), bias)
+        dense = (_cuda_dense_op(p.values, p.meta, weight.rows, weight.cols) if custom
+                 else sparse24_cuda.dense_on_device(p, weight.rows, weight.cols))
+        return F.linear(x2, dense, bias)
     ldx = -(-weight.cols // 8) * 8
     if ldx != weight.cols:  # the kernels load x in 16-byte pieces: pad rows to a multiple of 8
         x2 = F.pad(x2, (0, ldx - weight.cols))
-    elif x2.data_ptr() % 16:
+    elif not torch.compiler.is_compiling() and x2.data_ptr() % 16:  # (compiled: the op checks)
         x2 = x2.clone()
-    op = _cuda_op if torch.compiler.is_compiling() else _cuda_native
+    op = _cuda_op if custom else _cuda_native
     return op(x2, p.values, p.meta, bias, weight.rows, weight.cols)
 
 
