@@ -1,4 +1,10 @@
-"""Small models and checkpoints the checkpoint tests share."""
+"""Small models and checkpoints the checkpoint tests share, and guards that keep a regression
+on hostile checkpoints from exhausting memory or hanging the suite."""
+import contextlib
+import resource
+import subprocess
+import sys
+
 import torch
 from torch import nn
 
@@ -32,3 +38,49 @@ def compressed_mlp(fmt: str, dtype=torch.float32, **options) -> nn.Sequential:
     report = sparseinfer.sparsify(model, fmt, **options)
     assert len(report.converted) == 3
     return model
+
+
+EXTRA_ADDRESS_SPACE = 2 * 2**30
+
+
+@contextlib.contextmanager
+def memory_cap(extra=EXTRA_ADDRESS_SPACE):
+    """Cap this process's address space at its current size + `extra` for the block, so a
+    regression that reads /dev/zero or allocates from a config dimension fails fast with
+    MemoryError instead of exhausting the machine."""
+    with open("/proc/self/statm") as f:
+        current = int(f.read().split()[0]) * resource.getpagesize()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = current + extra
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+_UNBLOCK = """
+import os, sys, time
+time.sleep(float(sys.argv[2]))
+while True:
+    try:
+        os.close(os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # no reader waiting (ENXIO), or gone
+        pass
+    time.sleep(1)
+"""
+
+
+@contextlib.contextmanager
+def fifo_unblocker(path, after=5.0):
+    """Should a reader block on the FIFO at `path`, open it for writing after `after` seconds and
+    close it (the reader then sees EOF), so a regression fails instead of hanging. A separate
+    process: a reader stuck in native code (safetensors) may hold the GIL."""
+    helper = subprocess.Popen([sys.executable, "-c", _UNBLOCK, str(path), str(after)])
+    try:
+        yield
+    finally:
+        helper.kill()
+        helper.wait()

@@ -2,7 +2,6 @@
 (format, shape, sparsity, stored bytes vs the dense weight), without building a model."""
 from __future__ import annotations
 
-import functools
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -14,10 +13,12 @@ from ..formats.bits import popcount
 from . import compression_config as cc
 from .errors import CheckpointError
 from .files import CONFIG_FILE, DTYPE_BYTES, TensorReader, read_json
-from .int_packing import packed_width, unpack_int32
-from .layer_decode import stored_shape
+from .int_packing import unpack_int32
+from .layer_decode import Notes, decode_layer, stored_kind, stored_shape
 
 _DTYPE_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}  # the float dtypes
+_TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+DEFAULT_MIN_SPARSITY = 0.5  # load's default; it only picks the kernel, never what is valid
 
 
 @dataclass
@@ -73,15 +74,11 @@ class CheckpointInfo:
         return "\n".join(lines)
 
 
-@functools.lru_cache(maxsize=1)
-def _linear_probe() -> nn.Module:
-    """A stand-in module for matching config targets by class ("Linear") without a model."""
-    return nn.Linear(1, 1, device="meta")
-
-
 def inspect(directory: str) -> CheckpointInfo:
-    """Per weight matrix: format, shape, sparsity and bytes vs dense; raises CheckpointError on
-    malformed data (the same checks as a load, minus those needing the model)."""
+    """Per weight matrix: format, shape, sparsity and bytes vs dense. Every compressed layer goes
+    through the load's own validation (layer_decode.decode_layer, into a meta Linear of the stored
+    shape), so inspect raises CheckpointError on exactly the malformed data a load rejects, minus
+    the checks that need the model."""
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: not a directory")
     config_path = os.path.join(directory, CONFIG_FILE)
@@ -105,37 +102,54 @@ def inspect(directory: str) -> CheckpointInfo:
 
 def _describe(reader: TensorReader, prefix: str, leaves: set[str], config: cc.CompressionConfig):
     key = (lambda leaf: f"{prefix}.{leaf}" if prefix else leaf)
-    stored = sum(reader.nbytes(key(leaf)) for leaf in leaves if leaf != "bias")
-    if {"compressed", "bitmask", "shape"} <= leaves:
-        rows, cols = stored_shape(reader, key("shape"))
-        bitmask = reader.get(key("bitmask"))
-        if bitmask.dtype != torch.uint8:
-            raise CheckpointError(f"tensor {key('bitmask')}: must be uint8, got {bitmask.dtype}")
-        nnz = int(popcount(bitmask).sum())
-        fmt = config.sparsity_format or (cc.SPARSE_BITMASK if "row_offsets" in leaves else cc.SPARSE_24_BITMASK)
-        dtype = reader.shape_dtype(key("compressed"))[1]
-        if "weight_scale" in leaves:
-            dtype = reader.shape_dtype(key("weight_scale"))[1]
-        return _info(prefix, fmt, rows, cols, dtype, 1 - nnz / max(1, rows * cols), stored)
-    if "weight_packed" in leaves:
-        rows, cols = stored_shape(reader, key("weight_shape"))
-        scheme = config.scheme_for(prefix, _linear_probe())
-        width = reader.shape_dtype(key("weight_packed"))[0][-1]
-        bits = scheme.num_bits if scheme else next((b for b in (8, 4) if packed_width(cols, b) == width), 8)
-        q = unpack_int32(reader.get(key("weight_packed")), bits, cols, key("weight_packed"))
-        dtype = reader.shape_dtype(key("weight_scale"))[1] if "weight_scale" in leaves else "F32"
-        return _info(prefix, f"{cc.PACK_QUANTIZED} int{bits}", rows, cols, dtype, _zeros(q), stored)
-    if "weight" in leaves:
-        shape, dtype = reader.shape_dtype(key("weight"))
-        if len(shape) != 2:
+    kind = stored_kind(reader, prefix) if prefix else None
+    if kind is None or kind == "dense":
+        if "weight" not in leaves:
             return None
-        weight = reader.get(key("weight"))
-        if dtype == "I8":
-            scale_dtype = reader.shape_dtype(key("weight_scale"))[1] if "weight_scale" in leaves else "F32"
-            return _info(prefix, f"{cc.INT_QUANTIZED} int8", *shape, scale_dtype, _zeros(weight), stored)
-        if dtype in _DTYPE_NAMES:
-            return _info(prefix, cc.DENSE, *shape, dtype, _zeros(weight), stored)
-    return None
+        shape, dtype = reader.shape_dtype(key("weight"))
+        if len(shape) != 2 or dtype not in _DTYPE_NAMES:
+            return None  # a norm, an embedding table in another dtype, ...: stored as-is
+        stored = reader.nbytes(key("weight"))
+        return _info(prefix, cc.DENSE, *shape, dtype, _zeros(reader.get(key("weight"))), stored)
+    rows, cols, dtype = _validated(reader, prefix, kind, config)
+    stored = sum(reader.nbytes(key(leaf)) for leaf in leaves if leaf != "bias")
+    if kind == "sparse":
+        nnz = int(popcount(reader.get(key("bitmask"))).sum())
+        fmt = config.sparsity_format
+        return _info(prefix, fmt, rows, cols, dtype, 1 - nnz / max(1, rows * cols), stored)
+    scheme = config.scheme_for(prefix, _linear(rows, cols, False, torch.float32))
+    if kind == "packed":
+        q = unpack_int32(reader.get(key("weight_packed")), scheme.num_bits, cols, key("weight_packed"))
+        return _info(prefix, f"{cc.PACK_QUANTIZED} int{scheme.num_bits}", rows, cols, dtype, _zeros(q), stored)
+    return _info(prefix, f"{cc.INT_QUANTIZED} int8", rows, cols, dtype, _zeros(reader.get(key("weight"))), stored)
+
+
+def _validated(reader: TensorReader, name: str, kind: str, config: cc.CompressionConfig) -> tuple[int, int, str]:
+    """(rows, cols, float dtype of the weight it stands for) of a compressed layer, after the
+    load's validation of every array of it (shapes, counts, index ranges, scales, bias)."""
+    if kind == "sparse":
+        rows, cols = stored_shape(reader, f"{name}.shape")
+        dtype = reader.shape_dtype(f"{name}.compressed")[1]
+    elif kind == "packed":
+        rows, cols = stored_shape(reader, f"{name}.weight_shape")
+        dtype = "F32"
+    else:
+        shape, _ = reader.shape_dtype(f"{name}.weight")
+        if len(shape) != 2:
+            raise CheckpointError(f"tensor {name}.weight: must be 2-D int8, got int8 of shape {tuple(shape)}")
+        rows, cols = shape
+        dtype = "F32"
+    if f"{name}.weight_scale" in reader:
+        dtype = reader.shape_dtype(f"{name}.weight_scale")[1]
+    torch_dtype = _TORCH_DTYPES.get(dtype, torch.float32)
+    module = _linear(rows, cols, f"{name}.bias" in reader, torch_dtype)
+    decode_layer(reader, name, module, kind, config, DEFAULT_MIN_SPARSITY, Notes())
+    return rows, cols, dtype
+
+
+def _linear(rows: int, cols: int, bias: bool, dtype: torch.dtype) -> nn.Module:
+    """A stand-in for the model's Linear (no memory): what load's decoding checks against."""
+    return nn.Linear(cols, rows, bias=bias, device="meta", dtype=dtype)
 
 
 def _zeros(t: torch.Tensor) -> float:

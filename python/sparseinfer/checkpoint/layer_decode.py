@@ -24,6 +24,7 @@ from .int_packing import unpack_int32
 SPARSE_KEYS = ("shape", "compressed", "bitmask")
 # Above this sparsity CSR beats the 2:4 kernel even on a 2:4-compatible weight.
 CSR_OVER_24_SPARSITY = 0.7
+MAX_FEATURES = 2**31 - 1  # a stored weight shape beyond this is corrupt (and overflows int32 indices)
 
 
 class Notes:
@@ -78,7 +79,7 @@ def _bias(reader: TensorReader, name: str, module: nn.Module, rows: int, dtype) 
     return bias.to(dtype)
 
 
-def _checked_shape(name: str, got: tuple[int, int], want: tuple[int, int], key: str) -> None:
+def checked_shape(name: str, got: tuple[int, int], want: tuple[int, int], key: str) -> None:
     if tuple(got) != tuple(want):
         raise CheckpointError(f"tensor {name}.{key}: weight shape {tuple(got)} does not match the model's "
                               f"layer [out, in] = {tuple(want)}")
@@ -90,6 +91,9 @@ def stored_shape(reader: TensorReader, key: str) -> tuple[int, int]:
         raise CheckpointError(f"tensor {key}: must hold two integers (int32/int64), got {t.dtype} "
                               f"of shape {tuple(t.shape)}")
     rows, cols = (int(v) for v in t.flatten().tolist())
+    if not (0 <= rows <= MAX_FEATURES and 0 <= cols <= MAX_FEATURES):
+        raise CheckpointError(f"tensor {key}: weight shape ({rows}, {cols}) is out of range (each must be in "
+                              f"[0, {MAX_FEATURES}])")
     return rows, cols
 
 
@@ -128,7 +132,7 @@ def _decode_sparse(reader, name, module, features, config, min_sparsity, notes) 
         raise CheckpointError(f"layer {name}: sparse + quantized weights (int8 values in {fmt}) are not "
                               "supported yet")
     rows, cols = stored_shape(reader, f"{name}.shape")
-    _checked_shape(name, (rows, cols), features, "shape")
+    checked_shape(name, (rows, cols), features, "shape")
     arrays = {key: reader.optional(f"{name}.{key}") for key in spec.layer_cls.state_keys()}
     arrays["shape"] = (rows, cols)  # proved above
     compressed = arrays["compressed"]
@@ -178,13 +182,13 @@ def _decode_quantized(reader, name, module, features, kind, config, notes) -> nn
     if kind == "packed":
         if scheme.format != cc.PACK_QUANTIZED:
             raise CheckpointError(f"tensor {key} is pack-quantized, but the config names {scheme.format!r} for {name}")
-        _checked_shape(name, stored_shape(reader, f"{name}.weight_shape"), features, "weight_shape")
+        checked_shape(name, stored_shape(reader, f"{name}.weight_shape"), features, "weight_shape")
         q = unpack_int32(reader.get(key), scheme.num_bits, cols, key)
     else:
         q = reader.get(key)
     if q.dtype != torch.int8 or q.dim() != 2:
         raise CheckpointError(f"tensor {key}: must be 2-D int8, got {q.dtype} of shape {tuple(q.shape)}")
-    _checked_shape(name, tuple(q.shape), features, key.rsplit(".", 1)[1])
+    checked_shape(name, tuple(q.shape), features, key.rsplit(".", 1)[1])
     for extra in ("weight_g_idx",):
         if f"{name}.{extra}" in reader:
             raise CheckpointError(f"tensor {name}.{extra}: activation-order (g_idx) weights are not supported")

@@ -42,7 +42,7 @@ def load(directory: str, model: Optional[nn.Module] = None, *, min_sparsity: flo
         if not has_config:
             raise CheckpointError(f"{directory}: no {CONFIG_FILE} to build the model from; pass "
                                   "sparseinfer.load(directory, model=...)")
-        model = build_hf_model(directory, config_data)
+        model = build_hf_model(directory, config_data, reader)
     elif not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
 

@@ -4,7 +4,6 @@ sparse-24-bitmask, and/or its quantization scheme, int-quantized or 8-bit pack-q
 everything else dense), readable by compressed-tensors."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -13,7 +12,7 @@ from torch import nn
 
 from .. import registry
 from . import compression_config as cc
-from .files import CONFIG_FILE, DEFAULT_MAX_SHARD_BYTES, parse_size, write_tensors
+from .files import CONFIG_FILE, DEFAULT_MAX_SHARD_BYTES, parse_size, write_json, write_tensors
 from .int_packing import pack_int32
 
 SAVE_QUANT_FORMATS = (cc.INT_QUANTIZED, cc.PACK_QUANTIZED)
@@ -29,7 +28,10 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
     Sparse24Linear: sparse-24-bitmask), else all in the general one (sparse-bitmask). Quantized
     layers (Int8Linear) are stored as `quant_format`: "int-quantized" (int8 weight, what vLLM
     reads) or "pack-quantized" (8-bit values in int32 words). Tensors shared under
-    several names (tied embeddings) are stored once. Returns the written file names."""
+    several names (tied embeddings) are stored once. Every file is replaced atomically (written
+    to a temporary file in `directory`, then renamed over the old one): a symlink in its place
+    (a Hugging Face cache snapshot) is replaced, never written through. Returns the written file
+    names."""
     if quant_format not in SAVE_QUANT_FORMATS:
         raise ValueError(f"quant_format must be one of {list(SAVE_QUANT_FORMATS)}, got {quant_format!r}")
     max_shard_bytes = parse_size(max_shard_size)
@@ -71,9 +73,8 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
     qc = cc.build(sparse, quantized, quant_format, _global_sparsity(sparse_layers.values()))
 
     os.makedirs(directory, exist_ok=True)
-    files = write_tensors(tensors, directory, max_shard_bytes)
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump(_config_json(model, qc), f, indent=2, sort_keys=True)
+    files = write_tensors(tensors, directory, max_shard_bytes)  # each file replaced atomically, links not followed
+    write_json(os.path.join(directory, CONFIG_FILE), _config_json(model, qc), sort_keys=True)
     return files + [CONFIG_FILE]
 
 
