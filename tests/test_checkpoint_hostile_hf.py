@@ -137,7 +137,7 @@ def test_layers_the_config_builds_must_be_stored(tmp_path, llama_dir, layers):
 @pytest.mark.parametrize("value", [-1, 2.0, "2", True])
 def test_layer_count_must_be_a_count(tmp_path, llama_dir, value):
     directory = _edited(llama_dir, tmp_path / "c", num_hidden_layers=value)
-    with memory_cap(), pytest.raises(CheckpointError, match=r"num_hidden_layers must be a non-negative integer|transformers cannot"):
+    with memory_cap(), pytest.raises(CheckpointError, match=r"num_hidden_layers must be a non-negative integer|transformers cannot|LlamaConfig expects int"):
         sparseinfer.load(directory)
 
 
@@ -288,4 +288,18 @@ def test_no_architectures_and_no_causal_lm_is_refused(tmp_path):
     sparseinfer.save(nn.Linear(4, 4), directory)
     (directory / "config.json").write_text(json.dumps({"model_type": "vit"}))
     with pytest.raises(CheckpointError, match=r"no 'architectures'.* no causal-LM class for model_type 'vit'"):
+        sparseinfer.load(directory)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"rms_norm_eps": "x"}, r"rms_norm_eps is 'x'; LlamaConfig expects float"),
+    ({"pad_token_id": True}, r"pad_token_id is True; LlamaConfig expects an integer token id"),
+    ({"hidden_act": 3}, r"hidden_act is 3; LlamaConfig expects str"),
+    ({"dtype": "float64"}, r"dtype 'float64' is not one of"),
+], ids=["float-as-string", "bool-token-id", "int-as-string-setting", "float64"])
+def test_settings_of_the_wrong_type_are_refused_before_a_forward_fails(tmp_path, llama_dir, changes, message):
+    """Found by `sparseinfer fuzz-load`: transformers accepted these and the model failed at its
+    first forward (TypeError / ValueError) instead of the load raising CheckpointError."""
+    directory = _edited(llama_dir, tmp_path / "c", **changes)
+    with pytest.raises(CheckpointError, match=message):
         sparseinfer.load(directory)

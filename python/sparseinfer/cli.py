@@ -1,5 +1,6 @@
 """`sparseinfer` command line: bench (sparse kernels vs dense, the main job), inspect (what a
-compressed checkpoint holds), quality (every compression method on small trained models) and info."""
+compressed checkpoint holds), quality (every compression method on small trained models), fuzz-load
+(hostile checkpoints must load or raise CheckpointError) and info."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("directory", help="checkpoint directory (safetensors + config.json)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of the table")
     sub.add_parser("info", help="print CPU features, build and dispatch information")
+    fuzz = sub.add_parser("fuzz-load", help="load thousands of mutated (hostile) checkpoints in forked workers, "
+                                            "with a timeout and a memory cap per case: every one must load or "
+                                            "raise CheckpointError (no crash, hang, over-allocation, other error)")
+    fuzz.add_argument("--cases", type=_positive, default=10_000, help="number of cases (default 10000)")
+    fuzz.add_argument("--seed", type=int, default=0, help="run seed: case i of seed S is always the same case")
+    fuzz.add_argument("--only", type=int, nargs="+", default=None, metavar="I",
+                      help="run only these case indices (to reproduce a failure; with --keep to look at it)")
+    fuzz.add_argument("--jobs", type=int, default=0, help="cases at a time (default: one per CPU)")
+    fuzz.add_argument("--timeout", type=float, default=10.0, help="seconds per case before it counts as a hang")
+    fuzz.add_argument("--per-worker", type=_positive, default=50,
+                      help="cases a forked worker runs before a fresh fork replaces it (1: a fork per case; "
+                           "a worker is always replaced after a finding)")
+    fuzz.add_argument("--mem-cap-mb", type=_positive, default=1024,
+                      help="heap a worker may add (RLIMIT_DATA; default 1024 MiB): a bigger allocation fails")
+    fuzz.add_argument("--rss-slack-mb", type=int, default=16,
+                      help="peak-RSS allowance on top of 4x the checkpoint's bytes + the seed's own cost")
+    fuzz.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                      help="start no new case after this many seconds (the report says so)")
+    fuzz.add_argument("--families", nargs="+", default=None, help="only these mutation families")
+    fuzz.add_argument("--seeds", nargs="+", default=None, help="only these seed checkpoints")
+    fuzz.add_argument("--keep", metavar="DIR", default=None,
+                      help="write case directories here and keep the failing ones (with --only: all)")
+    fuzz.add_argument("--json", metavar="PATH", help="also write the report + machine info as JSON")
     quality = sub.add_parser("quality", help="train small models on real data (digits MLP/CNN, a char-level "
                                              "Llama on Python's docs; cached), apply every compression method, "
                                              "print accuracy/perplexity, size and speed vs dense")
@@ -255,6 +279,15 @@ def _inspect(args) -> int:
     return 0
 
 
+def _fuzz_load(args) -> int:
+    from .benchmarks import fuzz_load
+    options = fuzz_load.Options(cases=args.cases, seed=args.seed, jobs=args.jobs, timeout=args.timeout,
+                                per_worker=args.per_worker, mem_cap_mb=args.mem_cap_mb,
+                                rss_slack_mb=args.rss_slack_mb, time_budget=args.time_budget, only=args.only,
+                                families=args.families, keep=args.keep, seeds=args.seeds)
+    return fuzz_load.main(options, args.json)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -266,6 +299,8 @@ def main(argv=None) -> int:
             return _bench_load(args)
         if args.command == "quality":
             return _quality(args)
+        if args.command == "fuzz-load":
+            return _fuzz_load(args)
         return _info()
     except (ValueError, RuntimeError) as exc:
         print(f"sparseinfer: error: {exc}", file=sys.stderr)

@@ -142,7 +142,10 @@ def _validated(reader: TensorReader, name: str, kind: str, config: cc.Compressio
     if f"{name}.weight_scale" in reader:
         dtype = reader.shape_dtype(f"{name}.weight_scale")[1]
     torch_dtype = _TORCH_DTYPES.get(dtype, torch.float32)
-    module = _linear(rows, cols, f"{name}.bias" in reader, torch_dtype)
+    try:
+        module = _linear(rows, cols, f"{name}.bias" in reader, torch_dtype)
+    except RuntimeError as exc:  # a stated shape no tensor can have (its size overflows)
+        raise CheckpointError(f"layer {name}: stated weight shape {(rows, cols)} is impossible ({exc})") from None
     decode_layer(reader, name, module, kind, config, DEFAULT_MIN_SPARSITY, Notes())
     return rows, cols, dtype
 

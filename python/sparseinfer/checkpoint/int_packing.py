@@ -31,7 +31,7 @@ def unpack_int32(packed: torch.Tensor, bits: int, cols: int, name: str) -> torch
         raise CheckpointError(f"tensor {name}: {packed.shape[1]} int32 per row, but {cols} columns of {bits} bits "
                               f"need {packed_width(cols, bits)}")
     rows = packed.shape[0]
-    as_bytes = packed.contiguous().view(torch.uint8).view(rows, -1)  # little-endian: low byte first
+    as_bytes = packed.contiguous().view(torch.uint8).view(rows, packed.shape[1] * 4)  # little-endian: low byte first
     if bits == 8:
         unsigned = as_bytes
     else:  # 4 bits: low nibble first

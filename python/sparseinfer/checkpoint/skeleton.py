@@ -12,6 +12,7 @@ module registration hooks act only in the building thread."""
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import warnings
 from typing import Optional
@@ -24,8 +25,8 @@ from . import hf_checks
 from .errors import CheckpointError
 from .files import TensorReader
 
-_FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                 "float64": torch.float64}
+# the activation dtypes our kernels take (a float64 model would feed them float64)
+_FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _ATTN_IMPLEMENTATIONS = ("eager", "sdpa")  # anything else may fetch kernels (code) from the hub
 _ATTN_KEYS = ("attn_implementation", "_attn_implementation", "_attn_implementation_internal")
 
@@ -140,10 +141,48 @@ def _dtype(data: dict) -> torch.dtype:
     return _FLOAT_DTYPES[value]
 
 
+def _check_value_types(config_cls, data: dict) -> None:
+    """Every scalar setting has the type of the config class's default (an int where it expects a
+    float is fine; token ids are ints): transformers accepts e.g. "rms_norm_eps": "x" and the model
+    then fails at its first forward."""
+    defaults = _defaults(config_cls)
+    for key, value in data.items():
+        default = defaults.get(key)
+        if value is None:
+            continue
+        if key.endswith("_token_id"):
+            ok = _is_int(value) or (isinstance(value, list) and all(_is_int(v) for v in value))
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = _is_int(value)
+        elif isinstance(default, float):
+            ok = _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            raise CheckpointError(f"config.json {key} is {value!r}; {config_cls.__name__} expects "
+                                  f"{'an integer token id' if key.endswith('_token_id') else type(default).__name__}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _defaults(config_cls) -> dict:
+    try:
+        return {k: v for k, v in config_cls().to_dict().items()}
+    except Exception:  # a config class that cannot be built without arguments: no defaults to compare
+        return {}
+
+
 def _config(config_cls, data: dict):
     """The config object from the parsed dict (never from the directory: no second read; auto_map
     dropped). The quantization config is ours to apply; transformers would try its own
     quantizer."""
+    _check_value_types(config_cls, data)
     try:
         return config_cls.from_dict({k: v for k, v in data.items() if k not in ("quantization_config", "auto_map")})
     except Exception as exc:
