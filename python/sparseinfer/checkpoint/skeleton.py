@@ -37,6 +37,7 @@ def build_hf_model(directory: str, config_data: dict, reader: Optional[TensorRea
     checkpoint's tensors (`reader`, opened from `directory` if None) before it is built."""
     transformers = _transformers()
     config_cls = _config_class(transformers, config_data)
+    _check_value_types(config_cls, config_data)
     class_name = _class_name(transformers, config_data)
     cls = _model_class(transformers, class_name, config_cls)
     dtype = _dtype(config_data)
@@ -179,10 +180,9 @@ def _defaults(config_cls) -> dict:
 
 
 def _config(config_cls, data: dict):
-    """The config object from the parsed dict (never from the directory: no second read; auto_map
-    dropped). The quantization config is ours to apply; transformers would try its own
+    """A fresh config object from the parsed, type-checked dict (never from the directory: no
+    second read; auto_map dropped; fresh because a build may change its config). The quantization config is ours to apply; transformers would try its own
     quantizer."""
-    _check_value_types(config_cls, data)
     try:
         return config_cls.from_dict({k: v for k, v in data.items() if k not in ("quantization_config", "auto_map")})
     except Exception as exc:
