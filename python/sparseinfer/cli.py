@@ -72,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="force a CPU ISA tier (reference/avx2/avx512/avx512_vnni/amx)")
     bench.add_argument("--min-time", type=float, default=0.3, help="seconds per measurement")
     bench.add_argument("--json", metavar="PATH", help="also write results + machine info as JSON")
+    bench.add_argument("--cache", choices=("both", "cold", "warm"), default="both",
+                       help="CPU: rows with m <= --cold-max-m are timed cold (ours and every baseline rotate, "
+                            "call by call, through copies of their weight holding >= 4x the last-level cache, "
+                            "so each call streams its weight from memory, as in decode) and, with 'both' "
+                            "(default), also warm (one weight reused: cache-resident when it fits, reported "
+                            "as 'warm (cache)'); 'cold': cold only; 'warm': every row warm (the old figures)")
+    bench.add_argument("--cold-max-m", type=_positive, default=16,
+                       help="CPU: largest m timed cold (default 16; larger rows are compute-bound, timed warm)")
+    bench.add_argument("--llc", metavar="SIZE", default=None,
+                       help="CPU: last-level cache size for the cold rotation, e.g. 32M (default: "
+                            "$SPARSEINFER_LLC, else cpu0's highest cache level in sysfs, else 32M)")
+    bench.add_argument("--copy-limit", metavar="SIZE", default="2G",
+                       help="CPU: most memory the copies of one weight may take per side (default 2G; "
+                            "rows cut short print cold*)")
     load = sub.add_parser("bench-load", help="time sparseinfer.load of Llama-7B-shaped decoder layers (dense, "
                                              "90%% sparse, int8) against safetensors load_file (same run)")
     load.add_argument("--layers", type=_positive, default=2, help="decoder layers (default 2)")
@@ -179,16 +193,32 @@ def _bench(args) -> int:
           f"ISA {build_info()['active_isa']}", flush=True)
     if "ort_int8" in baselines and not ort_available():
         print("(onnxruntime not installed: pip install 'sparseinfer[bench]' adds the ORT baseline)")
+    streaming = _bench_streaming(args, ms)
     with tqdm(total=linear.grid_size(args.format, shapes, sparsities, ms, given, dtype), unit="case",
               file=sys.stderr) as bar:
         results = linear.run_grid(args.format, shapes, sparsities, ms, dtype, args.min_time, given, skip,
-                                  progress=lambda r: bar.update(1))
+                                  progress=lambda r: bar.update(1), cache=args.cache,
+                                  cold_max_m=args.cold_max_m, streaming=streaming)
     print(linear.format_table(results))
     print("speedup = dense ms / our ms, vs X = X ms / our ms, in this run (dense: F.linear in the same dtype; torch_dynamic_int8: torch.ao "
           "quantize_dynamic; ort_int8: onnxruntime quantize_dynamic QInt8 MatMul); bytes ratio = dense "
           "weight bytes / bytes our kernel reads (the memory-bound ceiling at m=1)")
-    _write_json(args.json, lambda: linear.as_json(results))
+    print(linear.format_notes(results, streaming))
+    meta = {"cache": args.cache, "cold_max_m": args.cold_max_m, **(streaming.describe() if streaming else {})}
+    _write_json(args.json, lambda: linear.as_json(results, meta))
     return 0
+
+
+def _bench_streaming(args, ms):
+    """The cold rotation's sizing (LLC, copy limits) when some row is timed cold, else None."""
+    from .benchmarks import linear
+    from .benchmarks.streaming import Streaming, parse_size
+    if not linear.cold_ms(ms, args.cache, args.cold_max_m):
+        return None
+    streaming = Streaming.detect(args.llc, max_bytes=parse_size(args.copy_limit))  # ValueError: exit 2
+    print(f"cold rows (m <= {args.cold_max_m}): every side rotates through copies of its weight, >= "
+          f"{streaming.factor:g} x LLC {streaming.llc_bytes / 2**20:g} MiB ({streaming.llc_source}) each", flush=True)
+    return streaming
 
 
 def _bench_cuda(args) -> int:

@@ -1,7 +1,9 @@
 """What our ops are timed against, by name (a registry entry lists its own in ``baselines``).
 
 Each builder takes the dense weight the packed one came from and returns a Baseline, or None where
-it cannot run here (e.g. onnxruntime not installed); ``Baseline.bind(x)`` gives the thunk to time.
+it cannot run here (e.g. onnxruntime not installed); ``Baseline.bind(x)`` gives the thunk to time,
+``Baseline.replicate()`` the same baseline over a distinct copy of its weight (cold timing rotates
+through such copies, see streaming.py) and ``Baseline.nbytes`` the weight bytes one call reads.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ ORT_SETTLE_S = 0.05
 DESCRIBE = {
     "dense": "torch.nn.functional.linear, dense, in the weight's dtype",
     "torch_dynamic_int8": "torch.ao quantize_dynamic qint8 Linear (fp32 activations)",
-    "ort_int8": "onnxruntime quantize_dynamic(QInt8) MatMul, CPUExecutionProvider",
+    "ort_int8": "onnxruntime quantize_dynamic(QInt8) MatMul, CPUExecutionProvider (sessions share one "
+                "process-wide intra-op thread pool, so that cold timing can rotate through copies)",
     "torch_sparse_csr": "torch CSR tensor matmul (cuSPARSE on CUDA)",
     "torch_semi_structured": "torch.sparse.to_sparse_semi_structured (2:4)",
 }
@@ -34,10 +37,18 @@ class Baseline:
     name: str
     bind: Callable[[torch.Tensor], Callable[[], object]]  # x -> thunk
     settle_s: float = 0.0  # sleep after its timed turn
+    nbytes: int = 0        # weight bytes one call reads (0: unknown, no bytes ceiling, no copies)
+    replicate: Optional[Callable[[], "Baseline"]] = None  # same baseline, weight in new memory
+
+
+def _int8_bytes(weight: torch.Tensor) -> int:
+    """int8 weights plus a 4-byte per-output-row term (scales / column offsets)."""
+    return weight.numel() + 4 * weight.shape[0]
 
 
 def dense(weight: torch.Tensor, threads: int) -> Baseline:
-    return Baseline("dense", lambda x: (lambda: F.linear(x, weight)))
+    return Baseline("dense", lambda x: (lambda: F.linear(x, weight)), nbytes=weight.numel() * weight.element_size(),
+                    replicate=lambda: dense(weight.clone(), threads))
 
 
 def torch_dynamic_linear(weight: torch.Tensor) -> torch.nn.Module:
@@ -50,8 +61,9 @@ def torch_dynamic_linear(weight: torch.Tensor) -> torch.nn.Module:
 
 
 def torch_dynamic_int8(weight: torch.Tensor, threads: int) -> Baseline:
-    module = torch_dynamic_linear(weight)
-    return Baseline("torch_dynamic_int8", lambda x: (lambda: module(x)))
+    module = torch_dynamic_linear(weight)  # quantizes a clone: every call packs new memory
+    return Baseline("torch_dynamic_int8", lambda x: (lambda: module(x)), nbytes=_int8_bytes(weight),
+                    replicate=lambda: torch_dynamic_int8(weight, threads))
 
 
 def ort_available() -> bool:
@@ -63,14 +75,31 @@ def ort_available() -> bool:
     return True
 
 
-def ort_dynamic_matmul(weight: torch.Tensor, threads: int) -> Optional[Callable]:
-    """An ONNX Runtime session computing x @ weight.T with dynamic int8 quantization, as a
-    callable on a numpy array; None if onnxruntime is absent."""
+# ORT sessions each start their own intra-op pool by default; N copies of a session rotated call
+# by call would leave N-1 pools spinning on the cores. Ours share one process-wide pool (set once
+# per process: its thread count is fixed by the first ORT baseline built).
+_ORT_POOL: dict = {}
+
+
+def _ort_global_pool(threads: int) -> bool:
+    """Whether the process-wide ORT pool runs `threads` threads (created here if none exists)."""
+    from onnxruntime.capi import _pybind_state
+    if "threads" not in _ORT_POOL:
+        try:
+            _pybind_state.set_global_thread_pool_sizes(threads, 1)
+            _ORT_POOL["threads"] = threads
+        except Exception:  # created before, by someone else: its size is unknown
+            _ORT_POOL["threads"] = None
+    return _ORT_POOL["threads"] == threads
+
+
+def ort_int8_model(weight: torch.Tensor) -> Optional[bytes]:
+    """The serialized ONNX model computing x @ weight.T with dynamic int8 quantization
+    (onnxruntime quantize_dynamic, QInt8 weights); None if onnxruntime is absent."""
     if not ort_available():
         return None
     import numpy as np
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
     out_f, in_f = weight.shape
@@ -88,21 +117,50 @@ def ort_dynamic_matmul(weight: torch.Tensor, threads: int) -> Optional[Callable]
             quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
         finally:
             root.setLevel(level)
-        options = ort.SessionOptions()
+        with open(int8, "rb") as f:
+            return f.read()
+
+
+def ort_session(model: bytes, threads: int):
+    """An ONNX Runtime CPU session of `model` on the shared pool (per-session threads where the
+    shared pool cannot be used); None where neither runs `threads` threads."""
+    import onnxruntime as ort
+    from onnxruntime.capi import _pybind_state
+    options = ort.SessionOptions()
+    if hasattr(_pybind_state, "set_global_thread_pool_sizes"):
+        if not _ort_global_pool(threads):
+            warnings.warn(f"ort_int8 left out: ONNX Runtime's shared thread pool was created with "
+                          f"{_ORT_POOL['threads']} threads in this process, not {threads}")
+            return None
+        options.use_per_session_threads = False
+    else:
         options.intra_op_num_threads = threads
-        session = ort.InferenceSession(int8, options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"x": x})
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def ort_int8(weight: torch.Tensor, threads: int) -> Optional[Baseline]:
-    run = ort_dynamic_matmul(weight, threads)
-    if run is None:
+def ort_dynamic_matmul(weight: torch.Tensor, threads: int) -> Optional[Callable]:
+    """An ONNX Runtime session computing x @ weight.T with dynamic int8 quantization, as a
+    callable on a numpy array; None if onnxruntime is absent."""
+    model = ort_int8_model(weight)
+    session = None if model is None else ort_session(model, threads)
+    return None if session is None else (lambda x: session.run(None, {"x": x}))
+
+
+def _ort_baseline(model: bytes, weight: torch.Tensor, threads: int) -> Optional[Baseline]:
+    session = ort_session(model, threads)  # a session holds (and pre-packs) its own weight copy
+    if session is None:
         return None
 
     def bind(x):
         x_np = x.float().numpy()
-        return lambda: run(x_np)
-    return Baseline("ort_int8", bind, settle_s=ORT_SETTLE_S)
+        return lambda: session.run(None, {"x": x_np})
+    return Baseline("ort_int8", bind, settle_s=ORT_SETTLE_S, nbytes=_int8_bytes(weight),
+                    replicate=lambda: _ort_baseline(model, weight, threads))
+
+
+def ort_int8(weight: torch.Tensor, threads: int) -> Optional[Baseline]:
+    model = ort_int8_model(weight)
+    return None if model is None else _ort_baseline(model, weight, threads)
 
 
 def torch_sparse_csr(weight: torch.Tensor, threads: int) -> Optional[Baseline]:
@@ -112,7 +170,9 @@ def torch_sparse_csr(weight: torch.Tensor, threads: int) -> Optional[Baseline]:
         w @ torch.zeros(weight.shape[1], 8, dtype=weight.dtype, device=weight.device)
     except (RuntimeError, ValueError, NotImplementedError):
         return None
-    return Baseline("torch_sparse_csr", lambda x: (lambda: w @ x.T))
+    nbytes = w.values().numel() * w.element_size() + (w.col_indices().numel() + w.crow_indices().numel()) * 8
+    return Baseline("torch_sparse_csr", lambda x: (lambda: w @ x.T), nbytes=nbytes,
+                    replicate=lambda: torch_sparse_csr(weight, threads))
 
 
 def torch_semi_structured(weight: torch.Tensor, threads: int) -> Optional[Baseline]:
@@ -123,7 +183,9 @@ def torch_semi_structured(weight: torch.Tensor, threads: int) -> Optional[Baseli
         F.linear(torch.zeros(16, weight.shape[1], dtype=weight.dtype, device=weight.device), w)
     except (RuntimeError, ValueError, NotImplementedError):
         return None
-    return Baseline("torch_semi_structured", lambda x: (lambda: F.linear(x, w)))
+    nbytes = weight.numel() * weight.element_size() // 2 + weight.numel() // 8  # half the values + metadata
+    return Baseline("torch_semi_structured", lambda x: (lambda: F.linear(x, w)), nbytes=nbytes,
+                    replicate=lambda: torch_semi_structured(weight, threads))
 
 
 BUILDERS: dict[str, Callable[[torch.Tensor, int], Optional[Baseline]]] = {
