@@ -65,6 +65,8 @@ void bind_runtime(py::module_& m) {
         py::arg("name"));
   m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));
   m.def("pool_size", &cpu::pool_size);
+  m.def("threading_backend", &cpu::threading_backend);
+  m.def("set_threading_backend", &cpu::set_threading_backend, py::arg("name"));
   m.def("build_info", &build_info);
 }
 

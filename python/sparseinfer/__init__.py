@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ._native import _C, cuda_built
-from .runtime import build_info, cpu_features, cpu_isa, cuda_build_info, set_cpu_isa
+from .runtime import (build_info, cpu_features, cpu_isa, cuda_build_info, set_cpu_isa,
+                      set_threading_backend, threading_backend)
 from . import ops, reference, formats, nn, registry, compress, checkpoint
 from .checkpoint import CheckpointError, inspect, load, save
 from .formats import CSR, Int8, Sparse24

@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--copy-limit", metavar="SIZE", default="2G",
                        help="CPU: most memory the copies of one weight may take per side (default 2G; "
                             "rows cut short print cold*)")
+    from .benchmarks import model_cli
+    model_cli.add_parser(sub)
     load = sub.add_parser("bench-load", help="time sparseinfer.load of Llama-7B-shaped decoder layers (dense, "
                                              "90%% sparse, int8) against safetensors load_file (same run)")
     load.add_argument("--layers", type=_positive, default=2, help="decoder layers (default 2)")
@@ -325,6 +327,9 @@ def main(argv=None) -> int:
             return _bench(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "bench-model":
+            from .benchmarks import model_cli
+            return model_cli.run(args)
         if args.command == "bench-load":
             return _bench_load(args)
         if args.command == "quality":

@@ -63,6 +63,8 @@ class WeightFormat:
     bench_dtype: Optional[torch.dtype] = None  # fixed activation dtype (the baselines' own)
     baselines: tuple[str, ...] = ("dense",)    # names in sparseinfer.benchmarks.baselines
     cuda_baselines: tuple[str, ...] = ()       # the same, for `sparseinfer bench --device cuda`
+    # weight, sparsity -> a pruned weight this format takes (whole-model benchmark); None: any weight
+    prune: Optional[Callable[[torch.Tensor, float], torch.Tensor]] = None
 
     def check_options(self, options: dict) -> dict:
         """The validated options (ValueError naming an unknown or bad one), before any layer changes."""
@@ -99,6 +101,16 @@ def _random_pruned(out_features: int, in_features: int, sparsity: float, dtype, 
     return w.to(dtype)
 
 
+def prune_magnitude_layer(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """`weight` with its round(sparsity * numel) smallest magnitudes zeroed (one layer, any shape)."""
+    k = int(round(sparsity * weight.numel()))
+    if k == 0:
+        return weight.clone()
+    flat = weight.abs().flatten().float()
+    cut = flat.kthvalue(k).values
+    return torch.where(weight.abs() > cut.to(weight.dtype), weight, torch.zeros((), dtype=weight.dtype))
+
+
 def _csr_example(out_f, in_f, sparsity=0.5, dtype=torch.float32, seed=0):
     w = _random_pruned(out_f, in_f, sparsity, dtype, seed)
     return w, CSR.from_dense(w)
@@ -130,14 +142,15 @@ register(WeightFormat(
     format_cls=CSR, layer_cls=CSRLinear, op=csr_linear, path=csr_linear_path,
     reference=reference.csr_linear, example=_csr_example,
     devices=("cpu", "cuda"), sparsity_format=SPARSE_BITMASK, sparsity_structure="unstructured",
-    tunable_sparsity=True, bench_sparsities=(0.5, 0.7, 0.9), cuda_baselines=("dense", "torch_sparse_csr")))
+    tunable_sparsity=True, bench_sparsities=(0.5, 0.7, 0.9), cuda_baselines=("dense", "torch_sparse_csr"),
+    prune=prune_magnitude_layer))
 
 register(WeightFormat(
     name="2:4", summary="2:4 semi-structured sparsity, fp32/bf16/fp16 values",
     format_cls=Sparse24, layer_cls=Sparse24Linear, op=sparse24_linear, path=sparse24_linear_path,
     reference=reference.sparse24_linear, example=_sparse24_example, devices=("cpu", "cuda"),
     sparsity_format=SPARSE_24_BITMASK, sparsity_structure="2:4",
-    cuda_baselines=("dense", "torch_semi_structured")))
+    cuda_baselines=("dense", "torch_semi_structured"), prune=lambda weight, sparsity: prune_2_4(weight)))
 
 register(WeightFormat(
     name="int8", summary="symmetric int8 weights (per channel or per group); W8A8 or weight-only",

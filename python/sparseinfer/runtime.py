@@ -31,8 +31,24 @@ def build_info() -> dict:
         best_isa=_C.best_isa(),
         active_isa=_C.active_isa(),
         thread_pool_size=_C.pool_size(),
+        threading=_C.threading_backend(),
     )
     return info
+
+
+def threading_backend() -> str:
+    """Where the kernels' parallel regions run: "openmp:<library>" (the OpenMP team torch itself
+    runs on, so torch's spinning threads take our tasks instead of starving a second pool) or
+    "pool" (our own threads: no OpenMP runtime loaded, a forked child, or chosen)."""
+    return _C.threading_backend()
+
+
+def set_threading_backend(name: str) -> None:
+    """Choose "openmp", "pool" or "auto" (default; the SPARSEINFER_THREADING variable, else
+    openmp when torch's runtime is loaded). Takes effect at the next kernel call."""
+    if name not in ("auto", "openmp", "pool"):
+        raise ValueError(f"threading backend must be 'auto', 'openmp' or 'pool', got {name!r}")
+    _C.set_threading_backend(name)
 
 
 def set_cpu_isa(name: str) -> None:

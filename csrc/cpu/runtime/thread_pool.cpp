@@ -1,11 +1,17 @@
 #include "sparseinfer/thread_pool.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -110,22 +116,114 @@ struct Pool {
   }
 };
 
+
+// ---------------------------------------------------------------- the process's OpenMP runtime
+// torch runs its ops on an OpenMP team (libgomp, or Intel's libiomp5, which exports the same GOMP
+// entry points). After every torch op that team keeps spinning on the cores for a while, so a
+// second pool of our own finds no free core and every layer waits for a scheduler slice. Running
+// our parallel regions on that same team removes the contention: the spinning threads are the
+// ones that pick up our tasks. The runtime is found among the libraries already loaded into the
+// process (never loaded by us, so the build needs no torch and no OpenMP).
+using GompParallelFn = void (*)(void (*)(void*), void*, unsigned, unsigned);
+using OmpIntFn = int (*)();
+
+struct OmpRuntime {
+  GompParallelFn parallel = nullptr;
+  OmpIntFn thread_num = nullptr;
+  OmpIntFn num_threads = nullptr;
+  OmpIntFn in_parallel = nullptr;
+  std::string library;
+  bool usable() const { return parallel && thread_num && num_threads && in_parallel; }
+};
+
+int find_omp_library(dl_phdr_info* info, size_t, void* out) {
+  const char* name = info->dlpi_name;
+  if (name == nullptr || *name == '\0') return 0;
+  const char* base = std::strrchr(name, '/');
+  base = base ? base + 1 : name;
+  if (std::strncmp(base, "libgomp", 7) == 0 || std::strncmp(base, "libiomp5", 8) == 0) {
+    *static_cast<std::string*>(out) = name;
+    return 1;
+  }
+  return 0;
+}
+
+OmpRuntime resolve_omp() {
+  OmpRuntime rt;
+  std::string path;
+  dl_iterate_phdr(find_omp_library, &path);
+  if (path.empty()) return rt;
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD | RTLD_LOCAL);  // already loaded: no load
+  if (handle == nullptr) return rt;
+  rt.parallel = reinterpret_cast<GompParallelFn>(dlsym(handle, "GOMP_parallel"));
+  rt.thread_num = reinterpret_cast<OmpIntFn>(dlsym(handle, "omp_get_thread_num"));
+  rt.num_threads = reinterpret_cast<OmpIntFn>(dlsym(handle, "omp_get_num_threads"));
+  rt.in_parallel = reinterpret_cast<OmpIntFn>(dlsym(handle, "omp_in_parallel"));
+  rt.library = path;
+  if (!rt.usable()) rt = OmpRuntime{};
+  return rt;  // the handle stays open: the library outlives every call
+}
+
+// SPARSEINFER_THREADING: auto (the process's OpenMP team when one is loaded, else our pool),
+// openmp (the same; our pool if none is loaded) or pool.
+enum class Backend { kUnresolved, kOpenMp, kPool };
+std::atomic<Backend> g_backend{Backend::kUnresolved};
+std::atomic<bool> g_forked{false};  // a forked child cannot use the parent's OpenMP team
+OmpRuntime g_omp;
+std::mutex g_backend_mutex;
+std::string g_backend_request = "auto";
+
+Backend resolve_backend() {
+  Backend b = g_backend.load(std::memory_order_acquire);
+  if (b != Backend::kUnresolved) return b;
+  std::lock_guard<std::mutex> lock(g_backend_mutex);
+  b = g_backend.load();
+  if (b != Backend::kUnresolved) return b;
+  std::string want = g_backend_request;
+  if (want == "auto") {
+    const char* env = std::getenv("SPARSEINFER_THREADING");
+    if (env != nullptr && *env != '\0') want = env;
+  }
+  b = Backend::kPool;
+  if (want != "pool" && !g_forked.load()) {
+    g_omp = resolve_omp();
+    if (g_omp.usable()) b = Backend::kOpenMp;
+  }
+  g_backend.store(b, std::memory_order_release);
+  return b;
+}
+
+struct OmpCall {
+  TaskFn fn;
+  void* ctx;
+  int n_tasks;
+};
+
+void omp_trampoline(void* data) {
+  auto* call = static_cast<OmpCall*>(data);
+  const int team = g_omp.num_threads();
+  for (int t = g_omp.thread_num(); t < call->n_tasks; t += team) call->fn(call->ctx, t, call->n_tasks);
+}
+
 Pool* g_pool = nullptr;
 std::atomic<int> g_requested{1};
 
 void reset_after_fork() {
-  // The child has none of the parent's threads: forget them (never join) and start afresh.
-  g_pool = new Pool();
+  // The child has none of the parent's threads: forget them (never join) and start afresh. libgomp
+  // in a forked child would wait for the parent's team forever, so the child uses our pool.
+  if (g_pool != nullptr) g_pool = new Pool();
+  g_forked.store(true);
+  if (g_backend.load() == Backend::kOpenMp) g_backend.store(Backend::kPool);
 }
 
 Pool& pool() {
   static std::once_flag once;
-  std::call_once(once, [] {
-    g_pool = new Pool();
-    pthread_atfork(nullptr, nullptr, reset_after_fork);
-  });
+  std::call_once(once, [] { g_pool = new Pool(); });
   return *g_pool;
 }
+
+// Installed when the library loads, before any thread or OpenMP team exists.
+[[maybe_unused]] const bool g_fork_handler_installed = pthread_atfork(nullptr, nullptr, reset_after_fork) == 0;
 
 }  // namespace
 
@@ -135,6 +233,15 @@ int num_threads() { return g_requested.load(); }
 void parallel_run(int n_tasks, TaskFn fn, void* ctx) {
   if (n_tasks <= 1) {
     if (n_tasks == 1) fn(ctx, 0, 1);
+    return;
+  }
+  if (resolve_backend() == Backend::kOpenMp) {
+    if (g_omp.in_parallel()) {  // inside a torch / OpenMP region: run serially, never nest teams
+      for (int t = 0; t < n_tasks; ++t) fn(ctx, t, n_tasks);
+      return;
+    }
+    OmpCall call{fn, ctx, n_tasks};
+    g_omp.parallel(omp_trampoline, &call, static_cast<unsigned>(n_tasks), 0);
     return;
   }
   Pool& p = pool();
@@ -150,5 +257,17 @@ void parallel_run(int n_tasks, TaskFn fn, void* ctx) {
 }
 
 int pool_size() { return g_pool ? static_cast<int>(g_pool->workers.size()) + 1 : 1; }
+
+std::string threading_backend() {
+  return resolve_backend() == Backend::kOpenMp ? "openmp:" + g_omp.library : "pool";
+}
+
+void set_threading_backend(const std::string& name) {
+  if (name != "auto" && name != "openmp" && name != "pool")
+    throw std::invalid_argument("threading backend must be 'auto', 'openmp' or 'pool', got '" + name + "'");
+  std::lock_guard<std::mutex> lock(g_backend_mutex);
+  g_backend_request = name == "auto" ? "auto" : name;
+  g_backend.store(Backend::kUnresolved);
+}
 
 }  // namespace sparseinfer::cpu
