@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,12 +94,18 @@ def _run_torch_like(engine: Engine, base, prompt, config: ModelBenchConfig, band
     return result
 
 
-def _run_llama_cpp(engine: Engine, base, prompt, config: ModelBenchConfig, seed: int) -> EngineResult:
-    from .gguf_export import cached_gguf
+def _run_llama_cpp(engine: Engine, base, prompt, config: ModelBenchConfig, seed: int,
+                   tmp_dir: str) -> EngineResult:
+    from .gguf_export import cached_gguf, default_cache_dir, write_gguf
     from .llama_cpp import time_llama_cpp
     result = EngineResult(engine.name, engine.kind, dict(engine.details))
     start = time.perf_counter()
-    path, written = cached_gguf(base.config, seed, engine.qtype, config.gguf_cache, make_model=lambda: base)
+    if config.model_dir is None:  # built-in shapes: the weights follow from (shape, seed), so cache
+        cache = Path(config.gguf_cache or default_cache_dir()) / "bench-model"
+        path, _ = cached_gguf(base.config, seed, engine.qtype, cache, make_model=lambda: base)
+    else:  # a user's model: its own file every run, removed after
+        path = Path(tmp_dir) / f"model-{engine.qtype}.gguf"
+        write_gguf(base, path, engine.qtype)
     result.convert_s = time.perf_counter() - start
     result.details["gguf"] = str(path)
     result.gb_per_token = gguf_bytes_per_token(path) / 1e9
@@ -114,8 +121,6 @@ def run(config: ModelBenchConfig, progress: bool = True) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     base, model_name = _load_model(config)
-    if config.model_dir is not None:
-        config.gguf_cache = config.gguf_cache  # GGUF cache keys hash the config: fine for local models too
     prompt = prompt_ids(config.prompt_tokens, base.config.vocab_size, config.seed)
     engines = torch_engines() + format_engines(config.formats, config.sparsities)
     missing = llama_cpp_missing() if config.llama_cpp else "disabled (--no-llama-cpp)"
@@ -123,6 +128,8 @@ def run(config: ModelBenchConfig, progress: bool = True) -> dict:
     engines = _selected(engines, config.engines)
     bandwidth_before = read_bandwidth_gbs()
     results = []
+    tmp = tempfile.TemporaryDirectory(prefix="sparseinfer-bench-model-")
+    tmp_dir = tmp.name
     bar = engines
     if progress:
         from tqdm import tqdm
@@ -134,11 +141,12 @@ def run(config: ModelBenchConfig, progress: bool = True) -> dict:
             results.append(EngineResult(engine.name, engine.kind, dict(engine.details), skipped=missing))
             continue
         if engine.kind == "llama.cpp":
-            result = _run_llama_cpp(engine, base, prompt, config, config.seed)
+            result = _run_llama_cpp(engine, base, prompt, config, config.seed, tmp_dir)
         else:
             result = _run_torch_like(engine, base, prompt, config, bandwidth_before)
         results.append(result)
         gc.collect()
+    tmp.cleanup()
     bandwidth = statistics.mean([bandwidth_before, read_bandwidth_gbs()])
     for r in results:
         if r.decode_tok_s and r.gb_per_token:
