@@ -9,12 +9,14 @@ from .checkpoint import CheckpointError, inspect, load, save
 from .formats import CSR, Int8, Sparse24
 from .nn import CSRLinear, Int8Linear, Sparse24Linear
 from .swap import LayerReport, SparsifyReport, sparsify
+from .generation import generate
 
 __version__ = _C.build_info()["version"]
 
 __all__ = [
     "CSR", "CSRLinear", "Int8", "Int8Linear", "Sparse24", "Sparse24Linear", "sparsify", "SparsifyReport",
-    "LayerReport", "ops", "reference", "formats", "nn", "registry", "compress", "checkpoint", "save", "load",
+    "LayerReport", "generate", "ops", "reference", "formats", "nn", "registry", "compress", "checkpoint", "save", "load",
     "inspect", "CheckpointError",
     "cpu_features", "build_info", "set_cpu_isa", "cpu_isa", "cuda_built", "cuda_build_info",
+    "threading_backend", "set_threading_backend",
 ]

@@ -1,6 +1,7 @@
-"""Times batch-1 generation of a Hugging Face causal LM the way users run it (`model.generate`,
-greedy): prefill tokens/s, decode tokens/s (prefill excluded), and the share of each decode token
-spent in Linear layers (the rest is glue: norms, rotary, attention, sampling, Python)."""
+"""Times batch-1 greedy generation of a Hugging Face causal LM, through `model.generate` (what
+users run) or `sparseinfer.generate` (the low-overhead loop for the Llama family): prefill
+tokens/s, decode tokens/s (prefill excluded), and the share of each decode token spent in Linear
+layers (the rest is glue: norms, rotary, attention, sampling, Python)."""
 from __future__ import annotations
 
 import statistics
@@ -26,14 +27,17 @@ class DecodeTiming:
 
 
 class _TokenClock:
-    """A stopping criterion that never stops: it stamps the time each new token is produced."""
+    """Stamps the time each new token is produced (as an HF stopping criterion that never stops,
+    or as sparseinfer.generate's on_token)."""
 
     def __init__(self):
         self.stamps: list[float] = []
 
-    def __call__(self, input_ids, scores, **kwargs):
+    def __call__(self, input_ids=None, scores=None, **kwargs):
         self.stamps.append(time.perf_counter())
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        if isinstance(input_ids, torch.Tensor):
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        return None
 
 
 def prompt_ids(length: int, vocab: int, seed: int = 0) -> torch.Tensor:
@@ -41,7 +45,8 @@ def prompt_ids(length: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, vocab, (1, length), generator=g)
 
 
-def _generate(model: nn.Module, prompt: torch.Tensor, new_tokens: int, clock=None) -> torch.Tensor:
+def hf_generate(model: nn.Module, prompt: torch.Tensor, new_tokens: int, clock=None) -> torch.Tensor:
+    """Hugging Face `model.generate`, greedy, exactly new_tokens tokens."""
     from transformers import StoppingCriteriaList
     criteria = StoppingCriteriaList([clock]) if clock is not None else None
     return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
@@ -49,20 +54,30 @@ def _generate(model: nn.Module, prompt: torch.Tensor, new_tokens: int, clock=Non
                           stopping_criteria=criteria)
 
 
+def fast_generate(model: nn.Module, prompt: torch.Tensor, new_tokens: int, clock=None) -> torch.Tensor:
+    """sparseinfer.generate (greedy, no eos stop)."""
+    from ..generation import generate
+    return generate(model, prompt, new_tokens, on_token=clock)
+
+
+DECODERS = {"hf": hf_generate, "sparseinfer": fast_generate}
+
+
 @torch.inference_mode()
 def time_generate(model: nn.Module, prompt: torch.Tensor, new_tokens: int = 64, reps: int = 3,
-                  warmup: int = 1) -> DecodeTiming:
+                  warmup: int = 1, decoder: str = "hf") -> DecodeTiming:
     """Decode tok/s = (new_tokens - 1) / time from the first to the last new token; prefill tok/s
     = prompt length / time to the first new token (prefill plus one sampling step)."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to time decoding, got {new_tokens}")
+    run = DECODERS[decoder]
     for _ in range(warmup):
-        _generate(model, prompt, min(new_tokens, 4))
+        run(model, prompt, min(new_tokens, 4))
     timing = DecodeTiming()
     for _ in range(reps):
         clock = _TokenClock()
         start = time.perf_counter()
-        out = _generate(model, prompt, new_tokens, clock)
+        out = run(model, prompt, new_tokens, clock)
         stamps = clock.stamps
         timing.prefill_tok_s.append(prompt.shape[1] / (stamps[0] - start))
         timing.decode_tok_s.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
@@ -82,7 +97,7 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 @torch.inference_mode()
-def linear_share(model: nn.Module, prompt: torch.Tensor, new_tokens: int = 32) -> dict:
+def linear_share(model: nn.Module, prompt: torch.Tensor, new_tokens: int = 32, decoder: str = "hf") -> dict:
     """Per decode token: total ms, ms inside Linear layers (forward hooks), and the glue share.
     A separate, hooked run (hooks cost a few microseconds each, counted as glue)."""
     layers = linear_modules(model)
@@ -101,13 +116,13 @@ def linear_share(model: nn.Module, prompt: torch.Tensor, new_tokens: int = 32) -
     handles += [m.register_forward_hook(post) for m in layers.values()]
 
     class Clock(_TokenClock):
-        def __call__(self, input_ids, scores, **kwargs):
+        def __call__(self, *args, **kwargs):
             decoding[0] = True
-            return super().__call__(input_ids, scores, **kwargs)
+            return super().__call__(*args, **kwargs)
 
     try:
         clock = Clock()
-        _generate(model, prompt, new_tokens, clock)
+        DECODERS[decoder](model, prompt, new_tokens, clock)
     finally:
         for h in handles:
             h.remove()

@@ -57,6 +57,7 @@ class ModelBenchConfig:
     glue: bool = True
     seed: int = 0
     gguf_cache: Optional[str] = None
+    decoder: str = "sparseinfer"  # our formats' decode loop: "sparseinfer" (generate) or "hf"
 
 
 def _load_model(config: ModelBenchConfig):
@@ -73,8 +74,23 @@ def _selected(engines: list[Engine], wanted: Optional[list[str]]) -> list[Engine
     return [e for e in engines if any(w.lower() in e.name.lower() for w in wanted)]
 
 
+def _decoder_for(engine: Engine, base, config: ModelBenchConfig) -> str:
+    """Plain PyTorch rows decode as users run them (HF generate); sparseinfer rows with
+    config.decoder where the model supports it."""
+    if engine.kind != "sparseinfer" or config.decoder == "hf":
+        return "hf"
+    from ..generation import check_supported
+    try:
+        check_supported(base, config.prompt_tokens + config.new_tokens)
+    except ValueError:
+        return "hf"
+    return "sparseinfer"
+
+
 def _run_torch_like(engine: Engine, base, prompt, config: ModelBenchConfig, bandwidth: float) -> EngineResult:
     result = EngineResult(engine.name, engine.kind, dict(engine.details))
+    decoder = _decoder_for(engine, base, config)
+    result.details["decoder"] = decoder
     start = time.perf_counter()
     model = engine.build(base)
     result.convert_s = time.perf_counter() - start
@@ -83,11 +99,11 @@ def _run_torch_like(engine: Engine, base, prompt, config: ModelBenchConfig, band
         result.details["layers"] = {fmt: sum(1 for f in report.formats.values() if f == fmt)
                                     for fmt in sorted(set(report.formats.values()))}
     result.gb_per_token = weight_bytes_per_token(model) / 1e9
-    timing = time_generate(model, prompt, config.new_tokens, config.reps)
+    timing = time_generate(model, prompt, config.new_tokens, config.reps, decoder=decoder)
     summary = timing.summary()
     result.prefill_tok_s, result.decode_tok_s, result.tokens = summary["prefill_tok_s"], summary["decode_tok_s"], timing.tokens
     if config.glue:
-        result.glue = linear_share(model, prompt, min(config.new_tokens, 32))
+        result.glue = linear_share(model, prompt, min(config.new_tokens, 32), decoder=decoder)
         result.standalone_linear_ms = standalone_linear_ms(model)
         result.in_model_over_standalone = result.glue["linear_ms"] / result.standalone_linear_ms
     del model
@@ -169,6 +185,7 @@ def format_table(doc: dict) -> str:
     anchor = next((r for r in rows if r["engine"] == "llama.cpp Q8_0" and r["decode_tok_s"]), None)
     cols = [
         ("engine", 34, lambda r: r["engine"][:34]),
+        ("decoder", 11, lambda r: r["details"].get("decoder", "llama.cpp")),
         ("GB/tok", 7, lambda r: _fmt(r["gb_per_token"], "7.3f")),
         ("prefill t/s", 11, lambda r: _fmt(r["prefill_tok_s"] and r["prefill_tok_s"]["median"], "11.1f")),
         ("decode t/s", 10, lambda r: _fmt(r["decode_tok_s"] and r["decode_tok_s"]["median"], "10.2f")),

@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--reps", type=int, default=3, help="timed generations per engine (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--isa", default=None, help="force a sparseinfer CPU tier (as SPARSEINFER_CPU_ISA)")
+    p.add_argument("--decoder", choices=("sparseinfer", "hf"), default="sparseinfer",
+                   help="decode loop of the sparseinfer rows: sparseinfer.generate (default; Llama family, "
+                        "few ops per layer) or Hugging Face generate; plain PyTorch rows always use HF generate")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when installed")
     p.add_argument("--no-glue", action="store_true",
                    help="skip the hooked run that splits a token into Linear time and the rest")
@@ -55,7 +58,7 @@ def run(args) -> int:
         shape=args.shape, model_dir=args.model, prompt_tokens=args.prompt, new_tokens=args.new_tokens,
         reps=args.reps, threads=args.threads, engines=args.engines, formats=args.formats,
         sparsities=args.sparsity, llama_cpp=not args.no_llama_cpp, glue=not args.no_glue,
-        gguf_cache=args.gguf_cache)
+        gguf_cache=args.gguf_cache, decoder=args.decoder)
     doc = run_bench(config, progress=sys.stderr.isatty() or True)
     print(format_table(doc))
     if args.out:
