@@ -45,20 +45,23 @@ def test_zero_sized_weight(case, variant):
 
 
 @pytest.mark.parametrize("case,variant", variant_params())
-def test_threads_follow_torch(case, variant):
+@pytest.mark.parametrize("backend", ["openmp", "pool"])
+def test_threads_follow_torch(case, variant, backend):
     options = case.op_options(variant)
     _, weight = case.example(512, 512, **case.pack_options(variant))
     before = torch.get_num_threads()
+    sparseinfer.set_threading_backend(backend)
     try:
-        for n in (3, 2, 1):  # grows, then shrinks: threads are made only when the count changes
+        for n in (3, 2, 1):  # grows, then shrinks: pool threads are made only when the count changes
             torch.set_num_threads(n)
             for m in (1, 64):
                 x = torch.randn(m, 512)
                 case.check(case.spec.op(x, weight, **options), x, weight, **options)
-            if n > 1:
+            if n > 1 and sparseinfer.threading_backend() == "pool":
                 assert sparseinfer.build_info()["thread_pool_size"] == n
     finally:
         torch.set_num_threads(before)
+        sparseinfer.set_threading_backend("auto")
 
 
 @pytest.mark.parametrize("case,variant", variant_params(where=lambda case, v: case.dense_reference(v)))

@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--threads", type=_positive, default=None, help="torch.set_num_threads")
     load.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary directory)")
     load.add_argument("--json", metavar="PATH", help="also write results + machine info as JSON")
+    from .benchmarks import conversion
+    conversion.add_parser(sub)
     inspect = sub.add_parser("inspect", help="per-layer format, shape, sparsity and bytes vs dense of a "
                                              "checkpoint directory (ours or compressed-tensors')")
     inspect.add_argument("directory", help="checkpoint directory (safetensors + config.json)")
@@ -332,6 +334,9 @@ def main(argv=None) -> int:
             return model_cli.run(args)
         if args.command == "bench-load":
             return _bench_load(args)
+        if args.command == "bench-convert":
+            from .benchmarks import conversion
+            return conversion.run_from_args(args)
         if args.command == "quality":
             return _quality(args)
         if args.command == "fuzz-load":

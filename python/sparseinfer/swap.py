@@ -10,6 +10,7 @@ from torch import nn
 
 from . import plan, registry
 from ._native import FLOAT_DTYPES
+from .formats.host import count_nonzero
 from .nn.linear_like import is_linear_like, linear_weight, replace_submodule
 
 
@@ -145,7 +146,7 @@ def sparsify(model: nn.Module, format: str = "csr", min_sparsity: float = 0.5,
         if not is_linear_like(module):
             continue
         weight, bias = linear_weight(module)
-        sparsity = float((weight == 0).sum()) / max(1, weight.numel())
+        sparsity = (weight.numel() - count_nonzero(weight)) / max(1, weight.numel())
         dense_bytes = weight.numel() * weight.element_size()
         entry = LayerReport(name, tuple(weight.shape), sparsity, dense_bytes, 0, False)
         report.layers.append(entry)

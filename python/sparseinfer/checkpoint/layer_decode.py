@@ -13,6 +13,7 @@ from torch import nn
 from .. import registry
 from .._native import FLOAT_DTYPES
 from ..formats import FormatError
+from ..formats import host
 from ..formats.bits import unpack_bits
 from ..formats.int8 import GROUP_MULTIPLE, MAX_COLS
 from ..nn.linear_like import is_hf_conv1d, linear_features
@@ -153,13 +154,21 @@ def _faster_than_general(name, arrays, shape, dtype, bias, min_sparsity, notes, 
     sparsity = 1 - compressed.numel() / max(1, rows * cols)  # the length is validated before any use
     if sparsity >= CSR_OVER_24_SPARSITY and sparsity >= min_sparsity:
         return None
+    structured = registry.get("2:4")
+    # The pattern decides from the bitmask bytes alone, before validation (which either route
+    # below runs once: here, or in the general format's from_canonical); it only reads a uint8
+    # array of the canonical shape, and anything else is left to that validation to name.
+    as_24 = (sparsity < CSR_OVER_24_SPARSITY and isinstance(bitmask, torch.Tensor)
+             and bitmask.dtype == torch.uint8 and bitmask.device.type == "cpu"
+             and tuple(bitmask.shape) == (rows, -(-cols // 8))
+             and structured.format_cls.first_violation_bitmask(bitmask, cols) is None)
+    if not as_24 and sparsity >= min_sparsity:
+        return None
     general = registry.get(registry.GENERAL_SPARSITY_FORMAT)
     general.format_cls.validate_bitmask(compressed, bitmask, (rows, cols), arrays.get("row_offsets"))
-    mask = unpack_bits(bitmask, cols)
-    dense = torch.zeros(rows, cols, dtype=compressed.dtype)
-    dense[mask] = compressed
-    structured = registry.get("2:4")
-    if sparsity < CSR_OVER_24_SPARSITY and structured.format_cls.first_violation(mask) is None:
+    mask = host.as_numpy(unpack_bits(bitmask, cols))
+    dense = host.from_numpy(host.expand(host.as_numpy(compressed), mask), compressed.dtype)
+    if as_24:
         return _with_weight(structured.layer_cls, structured.format_cls.from_dense(dense), bias, dtype)
     if sparsity < min_sparsity:
         notes.add(f"sparse-bitmask layers below min_sparsity={min_sparsity} run dense (no sparse kernel "

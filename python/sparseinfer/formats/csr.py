@@ -9,8 +9,10 @@ int32), ``values`` [nnz] fp32/bf16/fp16, row-major and sorted by column within a
 
 Kernel form (what this object stores): the CPU layout (formats/csr_cpu.py) or, after
 ``.to("cuda")``, the GPU kernels' layout (formats/csr_cuda.py). Both answer the same methods
-(triples, to_dense, nbytes, with_dtype, validate), so nothing here asks which one it holds. The
-canonical arrays are rebuilt from the layout on demand, so the values are held once.
+(triples, canonical_bitmask, to_dense, nbytes, with_dtype, validate), so nothing here asks which
+one it holds. The canonical arrays are rebuilt from the layout on demand, so the values are held
+once. Packing and unpacking on the CPU are vectorised (numpy bit packing and compaction, the
+native bitmask packer, no sort): they run at a few passes over the weight (issue #17).
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ import torch
 
 from .._native import FLOAT_DTYPES
 from . import csr_cpu, csr_cuda
+from . import host
 from .base import PackedWeight, canonical_shape
-from .bits import pack_bits, popcount
+from .bits import pack_bits_np, popcount, popcount_np
 from .csr_cpu import BITMASK_MIN_DENSITY  # noqa: F401 (re-exported: the documented crossover)
 from .errors import FormatError
 
@@ -44,11 +47,15 @@ class CSR(PackedWeight):
         """Pack a dense 2-D weight; exact zeros are dropped. The result lives on the weight's device."""
         device = weight.device if isinstance(weight, torch.Tensor) else None
         weight = cls._checked_dense(weight)
-        nonzero = weight != 0
-        mask_bytes = pack_bits(torch.nn.functional.pad(nonzero, (0, -weight.shape[1] % 8)))
         rows, cols = weight.shape
-        packed = csr_cpu.pack_bitmask(weight[nonzero], mask_bytes, cols, nonzero.sum(1), bitmask)
-        csr = cls((rows, cols), int(nonzero.sum()), packed)
+        # numpy: the zero test, bit packing and compaction each in one native pass
+        dense = host.as_numpy(weight)
+        keep = host.nonzero(dense, weight.dtype)
+        mask_bytes = pack_bits_np(keep)  # [rows, ceil(cols / 8)]
+        compressed = host.from_numpy(host.compact(dense, keep), weight.dtype)
+        packed = csr_cpu.pack_bitmask(compressed, torch.from_numpy(mask_bytes), cols,
+                                      torch.from_numpy(popcount_np(mask_bytes).reshape(rows)), bitmask)
+        csr = cls((rows, cols), compressed.numel(), packed)
         return csr.to(device) if device.type == "cuda" else csr
 
     @classmethod
@@ -211,15 +218,7 @@ class CSR(PackedWeight):
     def to_bitmask(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Canonical (compressed, bitmask, row_offsets, shape): the compressed-tensors
         ``sparse-bitmask`` layout, on the CPU."""
-        row, col, values = self._triples()
-        order = torch.argsort(row * max(1, self.cols) + col)
-        width = -(-self.cols // 8) * 8
-        bits = torch.zeros(self.rows * width, dtype=torch.bool)
-        bits[row * width + col] = True
-        counts = torch.bincount(row, minlength=self.rows)
-        shape = torch.tensor([self.rows, self.cols], dtype=torch.int64)
-        return (values[order].clone(), pack_bits(bits.view(self.rows, width)),
-                torch.cumsum(counts, 0) - counts, shape)
+        return self._p.canonical_bitmask(self.rows, self.cols, self.nnz)
 
     def to(self, target=None, *, dtype: Optional[torch.dtype] = None, device=None) -> "CSR":
         """Same matrix with values cast to another float dtype (zeros created by the cast are

@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .._native import _C, FLOAT_DTYPES, PANEL_COLS, ROW_BLOCK, VALUES_PAD
-from .bits import pack_bits, popcount
+from . import host
+from .bits import pack_bits, pack_bits_np, popcount
 from .errors import FormatError
 
 # At or above this density the m=1 path expands a bitmask (cost per column); below it, it
@@ -78,6 +80,31 @@ class CsrCpuPacked:
         dense[row, col] = self.values[:nnz]
         return dense
 
+    def canonical_bitmask(self, rows: int, cols: int, nnz: int):
+        """The sparse-bitmask arrays (compressed, bitmask, row_offsets, shape) of this layout, on
+        the CPU, with no sort: each (panel, row) cell's values are contiguous both here and in the
+        row-major order, so the values are one gather of whole cells, and the row masks (built
+        here when the layout has none) are the canonical bitmask cut into panels."""
+        counts = self.counts.numpy()  # uint8 [panels, rows]
+        panels = counts.shape[0]
+        per_cell = counts.reshape(-1).astype(np.int64)  # (panel, row) order, as stored
+        if self.bitmask is not None:
+            by_panel = self.bitmask.numpy()
+        else:
+            cell = np.repeat(np.arange(panels * rows, dtype=np.int64), per_cell)
+            bits = np.zeros(panels * rows * PANEL_COLS, dtype=np.bool_)
+            bits[cell * PANEL_COLS + self.local_idx.numpy()[:nnz]] = True
+            by_panel = pack_bits_np(bits.reshape(panels, rows, PANEL_COLS))
+        bitmask = by_panel.transpose(1, 0, 2).reshape(rows, panels * (PANEL_COLS // 8))[:, :-(-cols // 8)]
+        values = host.as_numpy(self.values)[:nnz]
+        if panels <= 1 or nnz == 0:  # one panel: the stored order is row-major already
+            compressed = values.copy()
+        else:
+            compressed = np.take(values, _row_major_sources(counts, per_cell, nnz))
+        row_counts = counts.sum(0, dtype=np.int64)
+        return (host.from_numpy(compressed, self.values.dtype), torch.from_numpy(np.ascontiguousarray(bitmask)),
+                torch.from_numpy(np.cumsum(row_counts) - row_counts), torch.tensor([rows, cols], dtype=torch.int64))
+
     def with_dtype(self, dtype: torch.dtype) -> "CsrCpuPacked":
         return CsrCpuPacked(self.values.to(dtype), self.local_idx, self.counts, self.block_offsets,
                             self.block_nnz_prefix, self.bitmask)
@@ -121,6 +148,35 @@ class CsrCpuPacked:
             _fail("bitmask", "inconsistent with counts / local_idx")
 
 
+def _row_major_sources(counts: np.ndarray, per_cell: np.ndarray, nnz: int) -> np.ndarray:
+    """For every non-zero in row-major order, its index in the stored (panel-major) order: whole
+    cells in (row, panel) order, each a run of consecutive indices, built as the running sum of
+    ones with a jump at every cell start (one int64 array, no repeat / arange temporaries)."""
+    panels, rows = counts.shape
+    by_row = counts.T.reshape(-1).astype(np.int64)  # the cells in (row, panel) order
+    stored_start = (np.cumsum(per_cell) - per_cell).reshape(panels, rows).T.reshape(-1)
+    filled = by_row > 0
+    cell_counts, cell_start = by_row[filled], stored_start[filled]
+    src = np.ones(nnz, dtype=np.int64)
+    jumps = np.empty_like(cell_start)
+    jumps[0] = cell_start[0]
+    jumps[1:] = cell_start[1:] - (cell_start[:-1] + cell_counts[:-1] - 1)
+    src[np.cumsum(cell_counts) - cell_counts] = jumps
+    return np.cumsum(src, out=src)
+
+
+def bitmask_from_triples(rows: int, cols: int, row: torch.Tensor, col: torch.Tensor, values: torch.Tensor):
+    """The sparse-bitmask arrays (compressed, bitmask, row_offsets, shape) from (row, col, value)
+    triples in any order (any layout's, e.g. the CUDA one's), on the CPU."""
+    order = torch.argsort(row * max(1, cols) + col)
+    width = -(-cols // 8) * 8
+    bits = torch.zeros(rows * width, dtype=torch.bool)
+    bits[row * width + col] = True
+    counts = torch.bincount(row, minlength=rows)
+    shape = torch.tensor([rows, cols], dtype=torch.int64)
+    return values[order].clone(), pack_bits(bits.view(rows, width)), torch.cumsum(counts, 0) - counts, shape
+
+
 def pack_triples(rows: int, cols: int, rows_idx: torch.Tensor, cols_idx: torch.Tensor,
                  values: torch.Tensor, bitmask) -> CsrCpuPacked:
     """From (row, col, value) triples, row-major and column-sorted within a row."""
@@ -153,15 +209,18 @@ def pack_bitmask(compressed: torch.Tensor, bitmask: torch.Tensor, cols: int, row
     rows = bitmask.shape[0]
     panels = -(-cols // PANEL_COLS)
     panel_bytes = PANEL_COLS // 8
-    by_panel = torch.zeros(rows, panels * panel_bytes, dtype=torch.uint8)
-    by_panel[:, :bitmask.shape[1]] = bitmask
-    by_panel = by_panel.view(rows, panels, panel_bytes).transpose(0, 1).contiguous()  # [panels, rows, 16]
+    by_panel = np.zeros((rows, panels * panel_bytes), dtype=np.uint8)
+    by_panel[:, :bitmask.shape[1]] = bitmask.numpy()
+    by_panel = torch.from_numpy(np.ascontiguousarray(
+        by_panel.reshape(rows, panels, panel_bytes).transpose(1, 0, 2)))  # [panels, rows, 16]
     counts = popcount(by_panel)  # [panels, rows]
     cell_offsets = (torch.cumsum(counts.flatten(), 0) - counts.flatten()).contiguous()
     row_offsets = (torch.cumsum(row_counts, 0) - row_counts).to(torch.int64).contiguous()
     nnz = int(compressed.numel())
-    values = torch.zeros(nnz + VALUES_PAD, dtype=compressed.dtype)
-    local = torch.zeros(nnz + VALUES_PAD, dtype=torch.uint8)
+    values = host.empty(nnz + VALUES_PAD, compressed.dtype)  # the native pass writes the first nnz
+    values[nnz:] = 0
+    local = host.empty(nnz + VALUES_PAD, torch.uint8)
+    local[nnz:] = 0
     compressed = compressed.contiguous()
     if nnz:
         _C.csr_pack_bitmask(rows, cols, compressed.element_size(), compressed.data_ptr(),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .._native import DTYPE_CODES, FLOAT_DTYPES, _cuda
+from .csr_cpu import bitmask_from_triples
 from .errors import FormatError
 
 SEG_COLS = 2048
@@ -45,6 +46,10 @@ class CsrCudaPacked:
 
     def to_dense(self, rows: int, cols: int, nnz: int) -> torch.Tensor:
         return dense_on_device(self, rows, cols)
+
+    def canonical_bitmask(self, rows: int, cols: int, nnz: int):
+        """The sparse-bitmask arrays (compressed, bitmask, row_offsets, shape), on the CPU."""
+        return bitmask_from_triples(rows, cols, *cells(self, rows, cols))
 
     def with_dtype(self, dtype: torch.dtype) -> "CsrCudaPacked":
         return CsrCudaPacked(self.values.to(dtype), self.index, self.seg_ptr, self.entries)

@@ -22,9 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .._native import _C, FLOAT_DTYPES
+from . import host
 from .base import PackedWeight
 from .errors import FormatError
 
@@ -85,6 +87,71 @@ def _blocked(t: torch.Tensor, rows_p: int) -> torch.Tensor:
     return padded.view(rows_p // ROW_BLOCK, ROW_BLOCK, t.shape[1]).transpose(1, 2).contiguous()
 
 
+def _to_layout(q: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """int8 [rows_p, kp] (contiguous, padded) -> the kernel's [rows_p/16, kp/4, 16, 4] (into
+    `out` if given): moved as int32 words (4 columns each), a quarter of the elements of an int8
+    transpose."""
+    rows_p, kp = q.shape
+    if out is None:
+        out = host.empty((rows_p // ROW_BLOCK, kp // 4, ROW_BLOCK, 4), torch.int8)
+    if not q.numel():
+        return out
+    if q.storage_offset() % 4:  # int32 words must start on a word of the storage
+        q = q.clone()
+    words = q.view(torch.int32).view(rows_p // ROW_BLOCK, ROW_BLOCK, kp // 4)
+    out.view(torch.int32).view(rows_p // ROW_BLOCK, kp // 4, ROW_BLOCK).copy_(words.transpose(1, 2))
+    return out
+
+
+def _from_layout(qweight: torch.Tensor) -> torch.Tensor:
+    """Inverse of _to_layout: [rows_p/16, kp/4, 16, 4] -> int8 [rows_p, kp]."""
+    rb, kq = qweight.shape[0], qweight.shape[1]
+    out = host.empty((rb * ROW_BLOCK, kq * 4), torch.int8)
+    if not out.numel():
+        return out
+    qweight = qweight.contiguous() if qweight.storage_offset() % 4 == 0 else qweight.clone()
+    words = qweight.view(torch.int32).view(rb, kq, ROW_BLOCK)
+    out.view(torch.int32).view(rb, ROW_BLOCK, kq).copy_(words.transpose(1, 2))
+    return out
+
+
+_CHUNK_BYTES = 4 << 20  # fp32 scratch per block of rows: stays in cache, reused block after block
+
+
+def _quantize(weight: torch.Tensor, safe: torch.Tensor, width: int, groups: int, non_finite: bool):
+    """round(w / scale) clamped to +-127, straight into the kernel layout, a block of rows at a
+    time through one small fp32 scratch (the weight is read once, nothing weight-sized is
+    allocated but the int8 layout). Returns (qweight, row sums int32 [rows, groups], non-zeros)."""
+    rows, cols = weight.shape
+    full = (cols // width) * width if width else 0
+    rows_p, kp = _ceil(rows, ROW_BLOCK) * ROW_BLOCK, _ceil(cols, K_BLOCK) * K_BLOCK
+    qweight = host.empty((rows_p // ROW_BLOCK, kp // 4, ROW_BLOCK, 4), torch.int8)
+    wsum = torch.empty(rows, groups, dtype=torch.int32)
+    step = max(ROW_BLOCK, _CHUNK_BYTES // (4 * max(1, kp, groups * width)) // ROW_BLOCK * ROW_BLOCK)
+    scratch = torch.zeros(min(step, rows_p), max(kp, groups * width))  # columns >= cols stay zero
+    q8 = torch.empty(min(step, rows_p), kp, dtype=torch.int8)
+    nnz = 0
+    for r0 in range(0, rows_p, step):
+        n, real = min(step, rows_p - r0), max(0, min(step, rows - r0))
+        buf = scratch[:n]
+        buf[real:] = 0  # padding rows (the last block only)
+        if full:  # a 16-bit weight is promoted to fp32 on the fly: the same values as weight.float()
+            torch.div(weight[r0:r0 + real, :full].view(real, full // width, width),
+                      safe[r0:r0 + real, : full // width].unsqueeze(-1),
+                      out=buf[:real, :full].view(real, full // width, width))
+        if full < cols:
+            torch.div(weight[r0:r0 + real, full:], safe[r0:r0 + real, -1:], out=buf[:real, full:cols])
+        q = buf[:real, :cols]
+        q.round_().clamp_(-QMAX, QMAX)
+        if non_finite:  # NaN / inf weights: NaN quotients become 0, as the float -> int8 conversion
+            q.nan_to_num_(0.0)  # makes them on x86
+        wsum[r0:r0 + real] = buf[:real, : groups * width].view(real, groups, width).sum(-1)  # exact: < 2^24
+        q8[:n].copy_(buf[:, :kp])
+        nnz += host.count_nonzero(q8[:n])  # the int8 copy: a quarter of the bytes (padding is zero)
+        _to_layout(q8[:n], qweight[r0 // ROW_BLOCK:(r0 + n) // ROW_BLOCK])
+    return qweight, wsum, nnz
+
+
 @dataclass(frozen=True)
 class Int8CpuPacked:
     qweight: torch.Tensor  # int8 [rows_p/16, kp/4, 16, 4]
@@ -126,13 +193,21 @@ class Int8(PackedWeight):
         rows, cols = weight.shape
         cls._check_cols(cols)
         groups = _groups(cols, group_size)
-        w = _by_group(weight.float(), groups, group_size)
-        scale = (w.abs().amax(-1) / QMAX if w.numel() else torch.zeros(rows, groups))
-        scale = scale.to(weight.dtype).float()  # representable in the model dtype: lossless checkpoints
+        width = cols if group_size is None else group_size
+        full = (cols // width) * width if width else 0  # columns in whole groups
+        scale = torch.zeros(rows, groups)
+        if full:  # max |w| per group, from two reductions without an |w| temporary
+            whole = weight[:, :full].view(rows, full // width, width)
+            scale[:, : full // width] = torch.maximum(whole.amax(-1).abs(), whole.amin(-1).abs())
+        if full < cols:  # a last, shorter group
+            tail = weight[:, full:]
+            scale[:, -1] = torch.maximum(tail.amax(-1).abs(), tail.amin(-1).abs())
+        scale = (scale / QMAX).to(weight.dtype).float()  # representable in the model dtype: lossless checkpoints
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = torch.round(w / safe.unsqueeze(-1)).clamp_(-QMAX, QMAX).to(torch.int8)
-        q = q.reshape(rows, groups * w.shape[-1])[:, :cols]
-        return cls._pack(q, scale, group_size, weight.dtype)
+        qweight, wsum, nnz = _quantize(weight, safe, width, groups, not bool(torch.isfinite(scale).all()))
+        rows_p = qweight.shape[0] * ROW_BLOCK
+        packed = Int8CpuPacked(qweight, _blocked(wsum, rows_p), _blocked(scale, rows_p))
+        return cls((rows, cols), nnz, packed, group_size, weight.dtype)
 
     @classmethod
     def from_quantized(cls, qweight: torch.Tensor, scale: torch.Tensor, group_size: Optional[int] = None,
@@ -223,12 +298,13 @@ class Int8(PackedWeight):
         rows_p, kp = _ceil(rows, ROW_BLOCK) * ROW_BLOCK, _ceil(cols, K_BLOCK) * K_BLOCK
         padded = q.contiguous()
         if (rows_p, kp) != (rows, cols):
-            padded = torch.zeros(rows_p, kp, dtype=torch.int8)
+            padded = host.zeros((rows_p, kp), torch.int8)
             padded[:rows, :cols] = q
-        qweight = padded.view(rows_p // ROW_BLOCK, ROW_BLOCK, kp // 4, 4).transpose(1, 2).contiguous()
-        wsum = _by_group(q, groups, group_size).sum(-1, dtype=torch.int32)  # no int32 copy of q
+        qweight = _to_layout(padded)
+        # numpy sums int8 into int32 an order of magnitude faster than torch (exact: |sums| < 2^24)
+        wsum = torch.from_numpy(_by_group(q, groups, group_size).numpy().sum(-1, dtype=np.int32))
         packed = Int8CpuPacked(qweight, _blocked(wsum, rows_p), _blocked(scale.float().contiguous(), rows_p))
-        return cls((rows, cols), int(torch.count_nonzero(q)), packed, group_size, dtype)
+        return cls((rows, cols), host.count_nonzero(q), packed, group_size, dtype)
 
     # ------------------------------------------------------------------ views
     @property
@@ -257,9 +333,8 @@ class Int8(PackedWeight):
 
     def qweight(self) -> torch.Tensor:
         """Canonical int8 [rows, cols]."""
-        q = self._p.qweight
-        rb, kq = q.shape[0], q.shape[1]
-        return q.transpose(1, 2).reshape(rb * ROW_BLOCK, kq * 4)[: self.rows, : self.cols].contiguous()
+        q = _from_layout(self._p.qweight)
+        return q if tuple(q.shape) == self.shape else q[: self.rows, : self.cols].contiguous()
 
     def scale(self) -> torch.Tensor:
         """Canonical fp32 scales [rows, groups]."""

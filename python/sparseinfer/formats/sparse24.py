@@ -13,23 +13,28 @@ itself requires cols % 4 == 0; such files are identical in both.
 
 Kernel form (what this object stores): the CPU layout (formats/sparse24_cpu.py) or, after
 ``.to("cuda")``, the sparse tensor-core layout (formats/sparse24_cuda.py). Both answer the same
-methods (slots, to_dense, nbytes, with_dtype, validate_layout), so nothing here asks which one
-it holds.
+methods (slots, canonical_bitmask, to_dense, nbytes, with_dtype, validate_layout), so nothing here
+asks which one it holds. The CPU layout is packed without sorting: byte tables over the non-zero
+(or canonical) bitmask give every group's kept columns and meta bits (sparse24_cpu), a block of
+rows at a time.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .._native import FLOAT_DTYPES, SPARSE24_CHUNK_COLS
 from . import sparse24_cpu, sparse24_cuda
+from . import host
 from .base import PackedWeight, canonical_shape
-from .bits import pack_bits, unpack_bits
+from .bits import POPCOUNT8, pack_bits_np
 from .errors import FormatError
 
 _GROUP = 4
 _KEPT = 2
+_BLOCK_BYTES = 4 << 20  # weight bytes from_dense packs per block of rows
 _CHUNK_SLOTS = sparse24_cpu.CHUNK_SLOTS
 
 
@@ -46,19 +51,28 @@ def kept_per_row(cols: int) -> int:
     return _KEPT * (cols // _GROUP) + min(_KEPT, cols % _GROUP)
 
 
-def _padded(t: torch.Tensor, width: int, fill=0) -> torch.Tensor:
-    if t.shape[1] == width:
-        return t
-    out = torch.full((t.shape[0], width), fill, dtype=t.dtype)
-    out[:, : t.shape[1]] = t
-    return out
+# set bits in the low and the high nibble of every byte value (a bitmask byte holds two groups)
+_NIBBLE_COUNTS = np.array([[bin(b & 15).count("1"), bin(b >> 4).count("1")] for b in range(256)], dtype=np.uint8)
+# bytes with a nibble of more than 2 set bits
+_OVER_TWO = (_NIBBLE_COUNTS > _KEPT).any(-1)
 
 
-def _group_counts(mask: torch.Tensor) -> torch.Tensor:
-    """bool [rows, cols] -> int [rows, ceil(cols / 4)]: True entries per group of 4 columns."""
-    rows, cols = mask.shape
-    groups = -(-cols // _GROUP)
-    return _padded(mask, groups * _GROUP, False).view(rows, groups, _GROUP).sum(-1)
+def _group_counts(mask_bytes: np.ndarray, cols: int) -> np.ndarray:
+    """Bitmask uint8 [rows, ceil(cols / 8)] -> uint8 [rows, ceil(cols / 4)]: set bits per group
+    of 4 columns."""
+    rows = mask_bytes.shape[0]
+    return np.take(_NIBBLE_COUNTS, mask_bytes, axis=0).reshape(rows, 2 * mask_bytes.shape[1])[:, : -(-cols // _GROUP)]
+
+
+def _violation(nonzero_bytes: np.ndarray, cols: int, row0: int = 0) -> Optional[str]:
+    """None if no group of 4 columns of a non-zero bitmask [rows, ceil(cols / 8)] (rows row0..)
+    holds more than 2 set bits, else where the first one (row-major) is and how many it holds."""
+    if not np.take(_OVER_TWO, nonzero_bytes).any():
+        return None
+    count = _group_counts(nonzero_bytes, cols)
+    r, g = np.unravel_index(int(np.argmax(count > _KEPT)), count.shape)
+    return (f"{_group_name(row0 + int(r), int(g), cols)} hold {int(count[r, g])} non-zeros (2:4 "
+            f"allows at most 2 in every group of 4 consecutive input columns)")
 
 
 def _group_name(r: int, g: int, cols: int) -> str:
@@ -88,13 +102,14 @@ class Sparse24(PackedWeight):
     @staticmethod
     def first_violation(weight: torch.Tensor) -> Optional[str]:
         """None if `weight` [rows, cols] is 2:4, else where it first is not (row-major order)."""
-        count = _group_counts(weight != 0)
-        bad = (count > _KEPT).nonzero()
-        if not bad.numel():
-            return None
-        r, g = (int(v) for v in bad[0])
-        return (f"{_group_name(r, g, weight.shape[1])} hold {int(count[r, g])} non-zeros (2:4 "
-                f"allows at most 2 in every group of 4 consecutive input columns)")
+        dense = host.as_numpy(weight.cpu())
+        return _violation(pack_bits_np(host.nonzero(dense, weight.dtype)), weight.shape[1])
+
+    @staticmethod
+    def first_violation_bitmask(bitmask: torch.Tensor, cols: int) -> Optional[str]:
+        """first_violation of a weight given as its non-zero bitmask (uint8 [rows, ceil(cols / 8)],
+        the canonical layout: column c is bit c % 8 of byte c // 8), without unpacking it."""
+        return _violation(host.as_numpy(bitmask), cols)
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor) -> "Sparse24":
@@ -103,19 +118,34 @@ class Sparse24(PackedWeight):
         sparseinfer.compress.prune_2_4)."""
         device = weight.device if isinstance(weight, torch.Tensor) else None
         weight = cls._checked_dense(weight)
-        problem = cls.first_violation(weight)
-        if problem is not None:
-            raise Not24Error(problem)
         rows, cols = weight.shape
-        width = _chunks(cols) * SPARSE24_CHUNK_COLS
-        # Slots: non-zeros first, then real (not padding) columns, then the lowest column.
-        pos = torch.arange(width) % _GROUP
-        score = ((_padded(weight != 0, width, False).to(torch.int64) * 8)
-                 + (torch.arange(width) < cols).to(torch.int64) * 4 + (3 - pos))
-        top = score.view(rows, width // _GROUP, _GROUP).topk(_KEPT, dim=-1).indices
-        kept = torch.zeros(rows, width // _GROUP, _GROUP, dtype=torch.bool)
-        kept.scatter_(-1, top, True)
-        packed = cls._pack(_padded(weight, width), kept.view(rows, width), cols)
+        chunks = _chunks(cols)
+        width = chunks * SPARSE24_CHUNK_COLS
+        # Slots: non-zeros first, then real (not padding) columns, then the lowest column (see
+        # sparse24_cpu._slot_positions); byte tables over the non-zero bitmask give the kept
+        # columns and the meta words, numpy compacts the kept values: no sort, no int64 temporaries.
+        # A block of rows at a time (its temporaries stay in cache), written straight into the layout.
+        dense = host.as_numpy(weight)
+        layout = sparse24_cpu.empty_layout(rows, chunks, weight.dtype)
+        step = max(4, _BLOCK_BYTES // max(1, width * weight.element_size()) // 4 * 4)
+        nnz = 0
+        for r0 in range(0, rows, step):
+            block = dense[r0:r0 + step]
+            nonzero_bytes = pack_bits_np(host.nonzero(block, weight.dtype))
+            problem = _violation(nonzero_bytes, cols, r0)
+            if problem is not None:
+                raise Not24Error(problem)
+            chunk_bytes = sparse24_cpu.chunk_bytes(nonzero_bytes, chunks)
+            kept = np.unpackbits(np.take(sparse24_cpu.KEPT_BYTE, chunk_bytes), axis=-1, bitorder="little")
+            if width != cols:
+                padded = np.zeros((block.shape[0], width), dtype=block.dtype)
+                padded[:, :cols] = block
+                block = padded
+            values = host.compact(block, kept.view(np.bool_)).reshape(block.shape[0], width // 2)
+            sparse24_cpu.pack_block(layout, r0, host.from_numpy(values, weight.dtype),
+                                    sparse24_cpu.meta_words(chunk_bytes))
+            nnz += int(np.take(POPCOUNT8, nonzero_bytes).sum(dtype=np.int64))
+        packed = cls((rows, cols), nnz, layout)
         return packed.to(device) if device.type == "cuda" else packed
 
     @classmethod
@@ -123,15 +153,22 @@ class Sparse24(PackedWeight):
         """Pack canonical (compressed-tensors ``sparse-24-bitmask``) arrays after validating them;
         safe on untrusted data. `shape` is (rows, cols) as a sequence or tensor ([2] or [2, 1])."""
         rows, cols = cls.validate_bitmask(compressed, bitmask, shape)
-        width = _chunks(cols) * SPARSE24_CHUNK_COLS
-        bits = unpack_bits(bitmask, cols)
-        dense = torch.zeros(rows, width, dtype=compressed.dtype)
-        dense[:, :cols][bits] = compressed.reshape(-1)
-        kept = _padded(bits, width, False)
-        kept.view(rows, width // _GROUP, _GROUP)[:, -(-cols // _GROUP):, :_KEPT] = True  # padding groups
-        if cols % _GROUP == 1:  # a 1-column tail group: its second slot is a padding column
-            kept[:, cols] = True
-        return cls._pack(dense, kept, cols)
+        # Every group holds exactly its 2 slots (a 1-column tail: 1, plus the padding column 1,
+        # which the slot rule picks too), in column order: the slot values are `compressed` zero
+        # padded to whole chunks and the meta words a byte table over the bitmask.
+        chunks = _chunks(cols)
+        meta = sparse24_cpu.meta_words(sparse24_cpu.chunk_bytes(bitmask.numpy(), chunks))
+        layout = sparse24_cpu.empty_layout(rows, chunks, compressed.dtype)
+        slots = chunks * _CHUNK_SLOTS
+        step = max(4, _BLOCK_BYTES // max(1, slots * compressed.element_size()) // 4 * 4)
+        scratch = None if compressed.shape[1] == slots else torch.zeros(min(step, rows), slots, dtype=compressed.dtype)
+        for r0 in range(0, rows, step):
+            values = compressed[r0:r0 + step]
+            if scratch is not None:  # zero slots pad the rows to whole chunks
+                scratch[: values.shape[0], : values.shape[1]] = values
+                values = scratch[: values.shape[0]]
+            sparse24_cpu.pack_block(layout, r0, values, meta[r0:r0 + step])
+        return cls((rows, cols), host.count_nonzero(compressed), layout)
 
     # The canonical (checkpoint / state_dict) arrays by name: the sparse-24-bitmask layout.
     CANONICAL_KEYS = ("shape", "compressed", "bitmask")
@@ -170,28 +207,16 @@ class Sparse24(PackedWeight):
             if bool((beyond != 0).any()):
                 r = int((beyond != 0).nonzero()[0, 0])
                 _fail("bitmask", f"row {r} has bits set beyond column {cols - 1}")
-        count = _group_counts(unpack_bits(bitmask, cols))
-        groups = count.shape[1]
-        want = torch.full((groups,), _KEPT, dtype=count.dtype)
+        count = _group_counts(bitmask.numpy(), cols)
+        want = np.full(count.shape[1], _KEPT, dtype=count.dtype)
         if cols % _GROUP:
             want[-1] = min(_KEPT, cols % _GROUP)
-        bad = (count != want).nonzero()
-        if bad.numel():
-            r, g = (int(v) for v in bad[0])
+        bad = count != want
+        if bad.any():
+            r, g = (int(v) for v in np.unravel_index(int(np.argmax(bad)), bad.shape))
             _fail("bitmask", f"{_group_name(r, g, cols)} have {int(count[r, g])} bits set; "
                   f"2:4 needs exactly {int(want[g])}")
         return rows, cols
-
-    @classmethod
-    def _pack(cls, dense: torch.Tensor, kept: torch.Tensor, cols: int) -> "Sparse24":
-        """dense [rows, width] and kept [rows, width] (exactly 2 per group) -> kernel form."""
-        rows, width = dense.shape
-        groups, chunks = width // _GROUP, width // SPARSE24_CHUNK_COLS
-        # stable descending sort of the 0/1 mask lists each group's two slots in column order
-        pos = torch.sort(kept.view(rows, groups, _GROUP).to(torch.int8), dim=-1, descending=True,
-                         stable=True).indices[..., :_KEPT]
-        values = dense.view(rows, groups, _GROUP).gather(-1, pos).reshape(rows, groups * _KEPT)
-        return cls._from_slots(values, pos.reshape(rows, groups * _KEPT), cols)
 
     @classmethod
     def _from_slots(cls, values: torch.Tensor, pos: torch.Tensor, cols: int) -> "Sparse24":
@@ -220,16 +245,7 @@ class Sparse24(PackedWeight):
     def to_bitmask(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Canonical (compressed, bitmask, shape): the compressed-tensors ``sparse-24-bitmask``
         layout (shape is int64 [2, 1]; bitmask little-endian per row)."""
-        rows, cols = self.shape
-        values, pos = self._slots()
-        cols_of = (torch.arange(self.chunks * _CHUNK_SLOTS) // _KEPT) * _GROUP + pos
-        real = cols_of < cols
-        compressed = values[real].view(rows, kept_per_row(cols)).clone()
-        bits = torch.zeros(rows, self.chunks * SPARSE24_CHUNK_COLS, dtype=torch.bool)
-        bits.scatter_(1, cols_of, True)
-        bitmask = pack_bits(_padded(bits[:, :cols], -(-cols // 8) * 8, False))
-        shape = torch.tensor([[rows], [cols]], dtype=torch.int64)
-        return compressed, bitmask, shape
+        return self._p.canonical_bitmask(self.rows, self.cols, self.chunks)
 
     def to(self, target=None, *, dtype: Optional[torch.dtype] = None, device=None) -> "Sparse24":
         """Same pattern with values cast to another float dtype and/or moved to another device,

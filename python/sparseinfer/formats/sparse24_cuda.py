@@ -15,6 +15,7 @@ import torch
 
 from .._native import DTYPE_CODES, FLOAT_DTYPES, _cuda
 from .errors import FormatError
+from .sparse24_cpu import bitmask_from_slots
 
 TILE_ROWS = 16
 TILE_SLOTS = 16  # kept values per row per 32-column tile
@@ -65,6 +66,10 @@ class Sparse24CudaPacked:
 
     def to_dense(self, rows: int, cols: int, chunks: int) -> torch.Tensor:
         return dense_on_device(self, rows, cols)
+
+    def canonical_bitmask(self, rows: int, cols: int, chunks: int):
+        """The sparse-24-bitmask arrays (compressed, bitmask, shape), on the CPU."""
+        return bitmask_from_slots(*self.slots(rows, chunks), cols)
 
     def with_dtype(self, dtype: torch.dtype) -> "Sparse24CudaPacked":
         return Sparse24CudaPacked(self.values.to(dtype), self.meta)
