@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "bind.h"
+#include "sparseinfer/bandwidth.h"
 #include "sparseinfer/cpu_features.h"
 #include "sparseinfer/csr_linear.h"
 #include "sparseinfer/int8_linear.h"
@@ -66,6 +67,11 @@ void bind_runtime(py::module_& m) {
   m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));
   m.def("pool_size", &cpu::pool_size);
   m.def("threading_backend", &cpu::threading_backend);
+  // Python validates the buffer (contiguous CPU tensor, size) before the pointer comes here.
+  m.def("read_bandwidth_gbs", [](uintptr_t buffer, int64_t bytes, int threads, int reps) {
+    py::gil_scoped_release release;
+    return cpu::read_bandwidth_gbs(reinterpret_cast<const void*>(buffer), bytes, threads, reps);
+  }, py::arg("buffer"), py::arg("bytes"), py::arg("threads"), py::arg("reps"));
   m.def("set_threading_backend", &cpu::set_threading_backend, py::arg("name"));
   m.def("build_info", &build_info);
 }

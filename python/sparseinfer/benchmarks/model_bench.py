@@ -163,7 +163,8 @@ def run(config: ModelBenchConfig, progress: bool = True) -> dict:
         results.append(result)
         gc.collect()
     tmp.cleanup()
-    bandwidth = statistics.mean([bandwidth_before, read_bandwidth_gbs()])
+    bandwidth_after = read_bandwidth_gbs()
+    bandwidth = max(bandwidth_before, bandwidth_after)
     for r in results:
         if r.decode_tok_s and r.gb_per_token:
             r.roofline_tok_s = bandwidth / r.gb_per_token
@@ -171,7 +172,7 @@ def run(config: ModelBenchConfig, progress: bool = True) -> dict:
     return {
         "benchmark": "bench-model", "model": model_name,
         "config": asdict(config), "read_bandwidth_gbs": bandwidth,
-        "read_bandwidth_gbs_before_after": [bandwidth_before, bandwidth * 2 - bandwidth_before],
+        "read_bandwidth_gbs_before_after": [bandwidth_before, bandwidth_after],
         "machine": machine_info(), "results": [asdict(r) for r in results],
     }
 
@@ -201,7 +202,7 @@ def format_table(doc: dict) -> str:
              f"{doc['config']['new_tokens']} new tokens, {doc['machine']['threads']} threads, "
              f"{doc['machine']['cpu']}, tier {doc['machine']['sparseinfer']['active_isa']}, "
              f"threading {doc['machine']['sparseinfer'].get('threading', '?')}; "
-             f"read bandwidth {doc['read_bandwidth_gbs']:.1f} GB/s (same run)",
+             f"read bandwidth {doc['read_bandwidth_gbs']:.1f} GB/s (peak of a native read, same run)",
              table(rows, cols)]
     for r in rows:
         if r["skipped"]:
