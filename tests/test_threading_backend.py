@@ -89,3 +89,16 @@ def test_forked_child_runs_kernels_on_the_pool():
     ok, backend = message.split(" ", 1)
     assert ok == "1"
     assert backend == "pool"
+
+
+def test_bad_environment_variable_fails_at_import():
+    import subprocess
+    import sys
+    env = dict(os.environ, SPARSEINFER_THREADING="fast")
+    proc = subprocess.run([sys.executable, "-c", "import sparseinfer"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "SPARSEINFER_THREADING must be one of auto, openmp, pool" in proc.stderr
+    env["SPARSEINFER_THREADING"] = "pool"
+    proc = subprocess.run([sys.executable, "-c", "import sparseinfer; print(sparseinfer.threading_backend())"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "pool"

@@ -3,9 +3,15 @@ SPARSEINFER_CPU_ISA override, set_cpu_isa / cpu_isa)."""
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 from ._native import _C, _cuda
+
+THREADING_BACKENDS = ("auto", "openmp", "pool")
+if os.environ.get("SPARSEINFER_THREADING", "auto") not in THREADING_BACKENDS + ("",):
+    raise ValueError(f"SPARSEINFER_THREADING must be one of {', '.join(THREADING_BACKENDS)}, "
+                     f"got {os.environ['SPARSEINFER_THREADING']!r}")
 
 
 def cuda_build_info() -> dict | None:
@@ -46,7 +52,7 @@ def threading_backend() -> str:
 def set_threading_backend(name: str) -> None:
     """Choose "openmp", "pool" or "auto" (default; the SPARSEINFER_THREADING variable, else
     openmp when torch's runtime is loaded). Takes effect at the next kernel call."""
-    if name not in ("auto", "openmp", "pool"):
+    if name not in THREADING_BACKENDS:
         raise ValueError(f"threading backend must be 'auto', 'openmp' or 'pool', got {name!r}")
     _C.set_threading_backend(name)
 
