@@ -35,8 +35,6 @@ def check_supported(model: nn.Module, total_len: Optional[int] = None) -> None:
     window = getattr(config, "sliding_window", None)
     if getattr(config, "use_sliding_window", name == "MistralForCausalLM") and window and total_len and total_len > window:
         raise ValueError(f"{total_len} tokens exceed the sliding window ({window}); use model.generate")
-    if getattr(config, "mlp_bias", False):
-        pass  # the Linear layers carry their own bias: nothing to do
     if model.training:
         raise ValueError("model is in training mode; call model.eval() first")
 

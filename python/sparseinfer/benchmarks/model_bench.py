@@ -87,7 +87,7 @@ def _decoder_for(engine: Engine, base, config: ModelBenchConfig) -> str:
     return "sparseinfer"
 
 
-def _run_torch_like(engine: Engine, base, prompt, config: ModelBenchConfig, bandwidth: float) -> EngineResult:
+def _run_torch_like(engine: Engine, base, prompt, config: ModelBenchConfig) -> EngineResult:
     result = EngineResult(engine.name, engine.kind, dict(engine.details))
     decoder = _decoder_for(engine, base, config)
     result.details["decoder"] = decoder
@@ -110,15 +110,14 @@ def _run_torch_like(engine: Engine, base, prompt, config: ModelBenchConfig, band
     return result
 
 
-def _run_llama_cpp(engine: Engine, base, prompt, config: ModelBenchConfig, seed: int,
-                   tmp_dir: str) -> EngineResult:
+def _run_llama_cpp(engine: Engine, base, prompt, config: ModelBenchConfig, tmp_dir: str) -> EngineResult:
     from .gguf_export import cached_gguf, default_cache_dir, write_gguf
     from .llama_cpp import time_llama_cpp
     result = EngineResult(engine.name, engine.kind, dict(engine.details))
     start = time.perf_counter()
     if config.model_dir is None:  # built-in shapes: the weights follow from (shape, seed), so cache
         cache = Path(config.gguf_cache or default_cache_dir()) / "bench-model"
-        path, _ = cached_gguf(base.config, seed, engine.qtype, cache, make_model=lambda: base)
+        path, _ = cached_gguf(base.config, config.seed, engine.qtype, cache, make_model=lambda: base)
     else:  # a user's model: its own file every run, removed after
         path = Path(tmp_dir) / f"model-{engine.qtype}.gguf"
         write_gguf(base, path, engine.qtype)
@@ -157,9 +156,9 @@ def run(config: ModelBenchConfig, progress: bool = True) -> dict:
             results.append(EngineResult(engine.name, engine.kind, dict(engine.details), skipped=missing))
             continue
         if engine.kind == "llama.cpp":
-            result = _run_llama_cpp(engine, base, prompt, config, config.seed, tmp_dir)
+            result = _run_llama_cpp(engine, base, prompt, config, tmp_dir)
         else:
-            result = _run_torch_like(engine, base, prompt, config, bandwidth_before)
+            result = _run_torch_like(engine, base, prompt, config)
         results.append(result)
         gc.collect()
     tmp.cleanup()

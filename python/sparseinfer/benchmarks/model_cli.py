@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
@@ -59,7 +58,7 @@ def run(args) -> int:
         reps=args.reps, threads=args.threads, engines=args.engines, formats=args.formats,
         sparsities=args.sparsity, llama_cpp=not args.no_llama_cpp, glue=not args.no_glue,
         gguf_cache=args.gguf_cache, decoder=args.decoder)
-    doc = run_bench(config, progress=sys.stderr.isatty() or True)
+    doc = run_bench(config, progress=True)
     print(format_table(doc))
     if args.out:
         json_path, png = write(doc, args.out)
