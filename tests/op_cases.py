@@ -92,6 +92,25 @@ def _int8_check(y, x, weight, bias=None, act="dynamic"):
     assert relative_error(y, exact) <= 2 * torch_err + FLOOR[x.dtype]
 
 
+def _lut4_check(y, x, weight, bias=None, act="dynamic"):
+    """W4A8: the reference's integer dot products with fp32 sums in another order (a few ulps of
+    the output's scale). Weight-only: the tolerance table against the float64 product."""
+    if act == "dynamic":
+        exact = reference.lut4_linear(x, weight, bias)
+        assert y.dtype == x.dtype and y.shape == exact.shape
+        finite = torch.isfinite(exact)
+        assert torch.equal(finite, torch.isfinite(y))
+        bound = 1e-5 + 2 * FLOOR[x.dtype] if x.dtype != torch.float32 else 1e-5
+        if x.dtype != torch.float32:  # the output's own rounding, twice
+            bound = 2 * float(torch.finfo(x.dtype).eps)
+        assert relative_error(y[finite].float(), exact[finite].double()) <= bound
+        return
+    exact = reference.lut4_linear(x.double(), weight, None if bias is None else bias.double(), act="none")
+    assert y.dtype == x.dtype and y.shape == exact.shape
+    torch_err = relative_error(F.linear(x, weight.to_dense(), bias), exact)
+    assert relative_error(y, exact) <= 2 * torch_err + FLOOR[x.dtype]
+
+
 def _replace(args: dict, **changes) -> dict:
     return {**args, **changes}
 
@@ -111,6 +130,26 @@ def _int8_raw_args(q, x, bias, act="dynamic"):
     p = q.packed
     return dict(x=x, qweight=p.qweight, wsum=p.wsum, scales=p.scales, bias=bias, rows=q.rows, cols=q.cols,
                 group_size=q.group_size or 0, act=act)
+
+
+def _lut4_raw_args(w, x, bias, act="dynamic"):
+    p = w.packed
+    return dict(x=x, nibbles=p.nibbles, scales=p.scales, offsets=p.offsets, levels=p.levels, table=p.table,
+                bias=bias, rows=w.rows, cols=w.cols, group_size=w.group_size or 0, act=act)
+
+
+def _lut4_dense_args(w):
+    p = w.packed
+    return (p.nibbles, p.scales, p.offsets, p.levels, p.table, w.rows, w.cols, w.group_size or 0)
+
+
+_LUT4_RAW_BAD = (
+    RawBad("nibbles", lambda a: _replace(a, nibbles=a["nibbles"][:, :0].contiguous()), "nibbles must have shape"),
+    RawBad("scales_dtype", lambda a: _replace(a, scales=a["scales"].double()), "scales dtype"),
+    RawBad("group_size", lambda a: _replace(a, group_size=48), "group_size"),
+    RawBad("act", lambda a: _replace(a, act="int4"), "act must be"),
+    RawBad("cols", lambda a: _replace(a, cols=140000), "cols <= 131072"),
+)
 
 
 def _csr_dense_args(csr):
@@ -171,6 +210,25 @@ CASES: dict[str, OpCase] = {case.name: case for case in (
         # dynamic quantizes x: only weight-only is a plain product with the dequantized weight
         dense_reference=lambda options: options.get("act") == "none",
         state_keys=frozenset({"weight", "weight_scale"}),  # int-quantized
+        repr_fragments=lambda layer: [f"act={layer.act}"],
+        sparsity=0.0, packs=({"group_size": None}, {"group_size": 64})),
+    OpCase(
+        name="int4", raw_op=torch.ops.sparseinfer.lut4_linear, raw_args=_lut4_raw_args,
+        dense_op=torch.ops.sparseinfer.lut4_dense, dense_args=_lut4_dense_args,
+        raw_bad=_LUT4_RAW_BAD + (
+            RawBad("levels_alone", lambda a: _replace(a, levels=torch.zeros(a["scales"].shape[0] * 4, a["scales"].shape[1], 16,
+                                                                            dtype=torch.uint8)), "together"),),
+        check=_lut4_check, dense_reference=lambda options: options.get("act") == "none",
+        state_keys=frozenset({"weight_packed", "weight_scale", "weight_shape", "weight_zero_point"}),  # pack-quantized
+        repr_fragments=lambda layer: [f"act={layer.act}"],
+        sparsity=0.0, packs=({"group_size": None}, {"group_size": 32, "symmetric": False})),
+    OpCase(
+        name="codebook", raw_op=torch.ops.sparseinfer.lut4_linear, raw_args=_lut4_raw_args,
+        dense_op=torch.ops.sparseinfer.lut4_dense, dense_args=_lut4_dense_args,
+        raw_bad=_LUT4_RAW_BAD + (
+            RawBad("table_shape", lambda a: _replace(a, table=a["table"][:, :, :8].contiguous()), "table must have shape"),),
+        check=_lut4_check, dense_reference=lambda options: options.get("act") == "none",
+        state_keys=frozenset({"weight_packed", "weight_codebook", "weight_shape"}),
         repr_fragments=lambda layer: [f"act={layer.act}"],
         sparsity=0.0, packs=({"group_size": None}, {"group_size": 64})),
 )}

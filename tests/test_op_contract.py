@@ -140,7 +140,7 @@ def test_bad_bias(case, make_bias, match):
 
 @pytest.mark.parametrize("case", case_params())
 def test_bad_weight(case):
-    with pytest.raises(ValueError, match=f"weight must be a sparseinfer.formats.{case.spec.format_cls.__name__}"):
+    with pytest.raises(ValueError, match=f"weight must be a .*sparseinfer.formats.{case.spec.format_cls.__name__}"):
         case.spec.op(torch.randn(2, 10), torch.randn(6, 10))
 
 

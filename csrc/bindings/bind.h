@@ -10,6 +10,7 @@ void bind_runtime(pybind11::module_& m);  // ISA tiers, threads, build_info
 void bind_csr_linear(pybind11::module_& m);
 void bind_sparse24_linear(pybind11::module_& m);
 void bind_int8_linear(pybind11::module_& m);
+void bind_lut4_linear(pybind11::module_& m);
 
 // _cuda
 void bind_cuda_csr_linear(pybind11::module_& m);

@@ -12,6 +12,7 @@ PYBIND11_MODULE(_C, m) {
   bindings::bind_csr_linear(m);
   bindings::bind_sparse24_linear(m);
   bindings::bind_int8_linear(m);
+  bindings::bind_lut4_linear(m);
 
   // Fail at import, loudly, if SPARSEINFER_CPU_ISA names an ISA this CPU lacks.
   cpu::active_isa();

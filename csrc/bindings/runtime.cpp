@@ -10,6 +10,7 @@
 #include "sparseinfer/cpu_features.h"
 #include "sparseinfer/csr_linear.h"
 #include "sparseinfer/int8_linear.h"
+#include "sparseinfer/lut4_linear.h"
 #include "sparseinfer/sparse24_linear.h"
 #include "sparseinfer/thread_pool.h"
 
@@ -51,6 +52,9 @@ py::dict build_info() {
   d["int8_row_block"] = kInt8RowBlock;
   d["int8_k_block"] = kInt8KBlock;
   d["int8_max_cols"] = kInt8MaxCols;
+  d["lut4_row_block"] = kLut4RowBlock;
+  d["lut4_chunk_cols"] = kLut4Chunk;
+  d["lut4_max_cols"] = kLut4MaxCols;
   return d;
 }
 

@@ -83,3 +83,38 @@ def int8_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype).reshape(*x.shape[:-1], weight.rows)
+
+
+def lut4_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
+                act: str = "dynamic") -> torch.Tensor:
+    """Reference for ops.lut4_linear (formats Int4 and Codebook). act="none": x @ W.T + bias in
+    float64 with W the exact weight. act="dynamic": x quantized per token as int8_linear does,
+    integer dot products of the 4-bit levels per group, then
+    y = scale_x * (sum_g scale_g * dot_g - sum_g offset_g * xsum_g) + bias (lut4_linear.h); a
+    token holding a NaN or an inf takes the act="none" row."""
+    from .formats import lut4 as layout
+    if act == "none":
+        return linear(x, weight.to_dense(torch.float64), bias)
+    x2 = x.reshape(-1, weight.cols)
+    qx, sx = quantize_per_token(x2)
+    p = weight.packed
+    scales = layout.unblocked(p.scales, weight.rows).double()
+    offsets = layout.unblocked(p.offsets, weight.rows).double()
+    idx = weight.indices().to(torch.int64)
+    groups, width = scales.shape[1], weight.cols if weight.group_size is None else weight.group_size
+    y = torch.zeros(x2.shape[0], weight.rows, dtype=torch.float64)
+    for g in range(groups):
+        cols = slice(g * width, min(weight.cols, (g + 1) * width))
+        lv = idx[:, cols]
+        if p.levels is not None:
+            lv = torch.gather(p.levels[: weight.rows, g].to(torch.int64), 1, lv)
+        dot = qx[:, cols].double() @ lv.double().T  # exact: |dot| < 2^53
+        xsum = qx[:, cols].double().sum(-1, keepdim=True)
+        y += dot * scales[:, g] - xsum * offsets[:, g]
+    y = (y * sx.double().unsqueeze(-1)).float()
+    bad = ~torch.isfinite(sx)
+    if bool(bad.any()):
+        y[bad] = linear(x2[bad], weight.to_dense(torch.float64)).float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype).reshape(*x.shape[:-1], weight.rows)

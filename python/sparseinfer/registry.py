@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 from . import reference
-from .formats import CSR, Int8, Sparse24
+from .formats import CSR, Codebook, Int4, Int8, Sparse24
 from .formats.int8 import ACTS, check_act, check_group_size
+from .formats.lut4 import check_group_size as check_lut4_group_size
 from .formats.n_m import prune_2_4
-from .nn import CSRLinear, Int8Linear, Sparse24Linear
-from .ops import (csr_linear, csr_linear_path, int8_linear, int8_linear_path, sparse24_linear,
-                  sparse24_linear_path)
+from .nn import CodebookLinear, CSRLinear, Int4Linear, Int8Linear, Sparse24Linear
+from .ops import (csr_linear, csr_linear_path, int8_linear, int8_linear_path, lut4_linear, lut4_linear_path,
+                  sparse24_linear, sparse24_linear_path)
+from .distributed.shard import shard_24, shard_csr, shard_int8
 
 # compressed-tensors sparsity formats (sparsity_config.format) our layers are saved as
 SPARSE_BITMASK = "sparse-bitmask"
@@ -65,6 +67,10 @@ class WeightFormat:
     cuda_baselines: tuple[str, ...] = ()       # the same, for `sparseinfer bench --device cuda`
     # weight, sparsity -> a pruned weight this format takes (whole-model benchmark); None: any weight
     prune: Optional[Callable[[torch.Tensor, float], torch.Tensor]] = None
+    # tensor parallelism: (canonical arrays, dim, start, stop, **layer options) -> the canonical
+    # arrays of rows (dim 0) / columns (dim 1) [start, stop); see sparseinfer.distributed.shard.
+    # None: sharded by dequantize -> slice -> re-pack, only where that is exact.
+    shard: Optional[Callable[..., dict]] = None
 
     def check_options(self, options: dict) -> dict:
         """The validated options (ValueError naming an unknown or bad one), before any layer changes."""
@@ -143,14 +149,15 @@ register(WeightFormat(
     reference=reference.csr_linear, example=_csr_example,
     devices=("cpu", "cuda"), sparsity_format=SPARSE_BITMASK, sparsity_structure="unstructured",
     tunable_sparsity=True, bench_sparsities=(0.5, 0.7, 0.9), cuda_baselines=("dense", "torch_sparse_csr"),
-    prune=prune_magnitude_layer))
+    prune=prune_magnitude_layer, shard=shard_csr))
 
 register(WeightFormat(
     name="2:4", summary="2:4 semi-structured sparsity, fp32/bf16/fp16 values",
     format_cls=Sparse24, layer_cls=Sparse24Linear, op=sparse24_linear, path=sparse24_linear_path,
     reference=reference.sparse24_linear, example=_sparse24_example, devices=("cpu", "cuda"),
     sparsity_format=SPARSE_24_BITMASK, sparsity_structure="2:4",
-    cuda_baselines=("dense", "torch_semi_structured"), prune=lambda weight, sparsity: prune_2_4(weight)))
+    cuda_baselines=("dense", "torch_semi_structured"), prune=lambda weight, sparsity: prune_2_4(weight),
+    shard=shard_24))
 
 register(WeightFormat(
     name="int8", summary="symmetric int8 weights (per channel or per group); W8A8 or weight-only",
@@ -162,9 +169,63 @@ register(WeightFormat(
         Option("group_size", None, check_group_size, "scales per group of this many input columns "
                "(a multiple of 32; default per channel)", parse=int),
     ),
-    op_options=("act",), quant_scheme=lambda layer: (layer.act, layer.group_size), quant_bits=(8, 4),
+    op_options=("act",), quant_scheme=lambda layer: (layer.act, layer.group_size), quant_bits=(8,),
     bench_sparsities=(0.0,), bench_dtype=torch.float32,
-    baselines=("dense", "torch_dynamic_int8", "ort_int8")))
+    baselines=("dense", "torch_dynamic_int8", "ort_int8"), shard=shard_int8))
+
+
+def _int4_example(out_f, in_f, sparsity=0.0, dtype=torch.float32, seed=0, group_size=128, symmetric=True):
+    w = _random_pruned(out_f, in_f, sparsity, dtype, seed)
+    return w, Int4.from_dense(w, group_size, symmetric)
+
+
+def _codebook_example(out_f, in_f, sparsity=0.0, dtype=torch.float32, seed=0, group_size=None):
+    """A weight of at most 16 distinct values per row (group): packs exactly."""
+    g = torch.Generator().manual_seed(seed)
+    groups = 1 if group_size is None else -(-in_f // group_size)
+    table = torch.randn(out_f, groups, 16, generator=g)
+    idx = torch.randint(0, 16, (out_f, in_f), generator=g)
+    col_group = torch.arange(in_f) // (in_f if group_size is None else group_size)
+    w = table[torch.arange(out_f).unsqueeze(1), col_group.unsqueeze(0), idx]
+    if sparsity:
+        w = w * (torch.rand(out_f, in_f, generator=g) >= sparsity)
+    return w.to(dtype), Codebook.from_dense(w.to(dtype), group_size)
+
+
+def _check_symmetric(value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"symmetric must be True or False, got {value!r}")
+
+
+_LUT4_ACT = Option("act", "dynamic", check_act, "activations: dynamic (W4A8, per-token int8, fastest) or none "
+                   "(fp32 math on the exact weights)", bench_values=("dynamic", "none"), choices=tuple(ACTS))
+
+register(WeightFormat(
+    name="int4", summary="uniform 4-bit weights, per-group scales (symmetric or not); W4A8 or weight-only",
+    format_cls=Int4, layer_cls=Int4Linear, op=lut4_linear, path=lut4_linear_path,
+    reference=reference.lut4_linear, example=_int4_example,
+    options=(
+        _LUT4_ACT,
+        Option("group_size", 128, check_lut4_group_size, "scales per group of this many input columns "
+               "(a multiple of 32; none: per channel)", parse=lambda s: None if s.lower() == "none" else int(s)),
+        Option("symmetric", True, _check_symmetric, "symmetric (zero point 0) or asymmetric per group",
+               parse=lambda s: s.lower() in ("1", "true", "yes")),
+    ),
+    op_options=("act",), quant_scheme=lambda layer: (layer.act, layer.group_size, 4, layer.symmetric),
+    quant_bits=(4,), bench_sparsities=(0.0,), bench_dtype=torch.float32,
+    baselines=("dense", "torch_dynamic_int8")))
+
+register(WeightFormat(
+    name="codebook", summary="shared weights: 4-bit indices into 16 values per channel or group (k-means)",
+    format_cls=Codebook, layer_cls=CodebookLinear, op=lut4_linear, path=lut4_linear_path,
+    reference=reference.lut4_linear, example=_codebook_example,
+    options=(
+        _LUT4_ACT,
+        Option("group_size", None, check_lut4_group_size, "one table per group of this many input columns "
+               "(a multiple of 32; default per channel)", parse=lambda s: None if s.lower() == "none" else int(s)),
+    ),
+    op_options=("act",), bench_sparsities=(0.0,), bench_dtype=torch.float32,
+    baselines=("dense", "torch_dynamic_int8")))
 
 
 # The sparsity format a checkpoint falls back to when its layers mix several (it holds any pattern).

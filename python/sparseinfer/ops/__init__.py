@@ -11,7 +11,8 @@ from ..formats.int8 import ACTS as INT8_ACTS
 from .csr import csr_linear, csr_linear_path
 from .cuda_paths import CSR_CUDA_MAX_M, S24_CUDA_SPLITK_MAX_M
 from .int8 import int8_linear, int8_linear_path
+from .lut4 import lut4_linear, lut4_linear_path
 from .sparse24 import sparse24_linear, sparse24_linear_path
 
 __all__ = ["csr_linear", "csr_linear_path", "sparse24_linear", "sparse24_linear_path",
-           "int8_linear", "int8_linear_path", "INT8_ACTS", "CSR_CUDA_MAX_M", "S24_CUDA_SPLITK_MAX_M"]
+           "int8_linear", "int8_linear_path", "lut4_linear", "lut4_linear_path", "INT8_ACTS", "CSR_CUDA_MAX_M", "S24_CUDA_SPLITK_MAX_M"]

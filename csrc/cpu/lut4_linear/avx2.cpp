@@ -1,0 +1,193 @@
+// AVX2 tier. W8A8-style path: a 32-byte chunk row gives 64 indices with one AND and one shift;
+// codebook levels come from a vpshufb of the row's 16-byte table; u8 levels x s8 activations
+// meet in vpmaddubsw. int4 levels (<= 15) let 8 of those int16 pair sums add up before they
+// widen (8 * 2 * 15 * 127 < 2^15); codebook levels (<= 127) widen at once (2 * 127 * 127 < 2^15).
+// Weight-only: indices widened to fp32 (int4) or looked up in the fp32 table (vpermps).
+#include <immintrin.h>
+
+#include "common.h"
+
+namespace sparseinfer {
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// y for R rows x T tokens from per-(token, row) sums: scale_x * (sum - offsets . xsum).
+template <int T>
+void finish_block(const PackedLut4& w, const float* xscale, const float* xsum, int64_t t0, int64_t rb,
+                  const float (&sums)[T][kLut4RowBlock], bool dynamic, const LinearOutput& out) {
+  const int64_t r0 = rb * kLut4RowBlock;
+  const int64_t nr = w.rows - r0 < kLut4RowBlock ? w.rows - r0 : kLut4RowBlock;
+  for (int t = 0; t < T; ++t) {
+    __m128 corr = _mm_setzero_ps();
+    const float* xs = xsum + (t0 + t) * w.groups;
+    for (int64_t g = 0; g < w.groups; ++g)
+      corr = _mm_add_ps(corr, _mm_mul_ps(_mm_loadu_ps(w.offsets + lut4_cell(w, rb, g)), _mm_set1_ps(xs[g])));
+    __m128 v = _mm_sub_ps(_mm_loadu_ps(sums[t]), corr);
+    if (dynamic) v = _mm_mul_ps(v, _mm_set1_ps(xscale[t0 + t]));
+    float y[kLut4RowBlock];
+    _mm_storeu_ps(y, v);
+    store_block(w.rows, out, r0, nr, t0 + t, 1, y, 1, 1);
+  }
+}
+
+// W8A8-style: T tokens x the 4 rows of row block rb. part holds int16 pair sums (int4) or int32
+// sums (codebook) of the current stretch; a stretch ends at a group end and, for int4, every
+// 256 columns, and goes into the fp32 lanes times the group's scale.
+template <bool LUT, int T>
+void dynamic_block(const PackedLut4& w, const Lut4QuantActs& x, int64_t t0, int64_t rb, const LinearOutput& out) {
+  constexpr int R = kLut4RowBlock;
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256 acc[T][R];
+  __m256i part[T][R];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) acc[t][r] = _mm256_setzero_ps(), part[t][r] = _mm256_setzero_si256();
+  const int64_t chunks = w.kp / kLut4Chunk;
+  for (int64_t j = 0; j < chunks; ++j) {
+    const uint8_t* base = lut4_chunk(w, rb, j);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t col = j * kLut4Chunk + 32 * h;
+      const int64_t g = w.groups == 1 ? 0 : col / w.group_size;
+      __m256i xv[T];
+      for (int t = 0; t < T; ++t)
+        xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (t0 + t) * w.kp + col));
+      for (int r = 0; r < R; ++r) {
+        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + 32 * r));
+        __m256i lv = h == 0 ? _mm256_and_si256(packed, low) : _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+        if constexpr (LUT) {
+          const __m128i tab = _mm_loadu_si128(
+              reinterpret_cast<const __m128i*>(w.levels + ((rb * R + r) * w.groups + g) * 16));
+          lv = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(tab), lv);
+        }
+        for (int t = 0; t < T; ++t) {
+          const __m256i p = _mm256_maddubs_epi16(lv, xv[t]);
+          if constexpr (LUT) part[t][r] = _mm256_add_epi32(part[t][r], _mm256_madd_epi16(p, ones));
+          else part[t][r] = _mm256_add_epi16(part[t][r], p);
+        }
+      }
+      const int64_t end = col + 32;
+      const bool group_end = end == w.kp || (w.groups > 1 && end % w.group_size == 0);
+      if (group_end || (!LUT && end % 256 == 0)) {
+        const float* s = w.scales + lut4_cell(w, rb, g);
+        for (int r = 0; r < R; ++r) {
+          const __m256 sv = _mm256_broadcast_ss(s + r);
+          for (int t = 0; t < T; ++t) {
+            const __m256i d = LUT ? part[t][r] : _mm256_madd_epi16(part[t][r], ones);
+            acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sv, acc[t][r]);
+            part[t][r] = _mm256_setzero_si256();
+          }
+        }
+      }
+    }
+  }
+  float sums[T][R];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) sums[t][r] = hsum(acc[t][r]);
+  finish_block<T>(w, x.scale, x.xsum, t0, rb, sums, true, out);
+}
+
+template <bool LUT>
+void dynamic_rows(const PackedLut4& w, const Lut4QuantActs& x, int64_t m, int64_t rb0, int64_t rb1,
+                  const LinearOutput& out) {
+  for (int64_t rb = rb0; rb < rb1; ++rb) {
+    int64_t t = 0;
+    for (; t + 2 <= m; t += 2) dynamic_block<LUT, 2>(w, x, t, rb, out);
+    if (t < m) dynamic_block<LUT, 1>(w, x, t, rb, out);
+  }
+}
+
+void dynamic_avx2(const PackedLut4& w, const Lut4QuantActs& x, int64_t m, int64_t rb0, int64_t rb1,
+                  const LinearOutput& out) {
+  if (w.levels) dynamic_rows<true>(w, x, m, rb0, rb1, out);
+  else dynamic_rows<false>(w, x, m, rb0, rb1, out);
+}
+
+// 8 indices (bytes) -> 8 fp32 weights: the index itself (int4) or table[index] (codebook).
+template <bool TABLE>
+inline __m256 weights8(__m128i idx8, __m256 tab_lo, __m256 tab_hi) {
+  const __m256i i32 = _mm256_cvtepu8_epi32(idx8);
+  if constexpr (TABLE) {
+    const __m256 lo = _mm256_permutevar8x32_ps(tab_lo, i32), hi = _mm256_permutevar8x32_ps(tab_hi, i32);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(i32, 28)));
+  } else {
+    return _mm256_cvtepi32_ps(i32);
+  }
+}
+
+// Weight-only: one token x the 4 rows of row block rb.
+template <bool TABLE>
+void float_block(const PackedLut4& w, const Lut4FloatActs& x, int64_t t, int64_t rb, const LinearOutput& out) {
+  constexpr int R = kLut4RowBlock;
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const float* xt = x.x + t * w.kp;
+  __m256 acc[R], seg[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps(), seg[r] = _mm256_setzero_ps();
+  __m256 tab_lo[R], tab_hi[R];
+  for (int r = 0; r < R; ++r) tab_lo[r] = tab_hi[r] = _mm256_setzero_ps();
+  const int64_t chunks = w.kp / kLut4Chunk;
+  for (int64_t j = 0; j < chunks; ++j) {
+    const uint8_t* base = lut4_chunk(w, rb, j);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t col = j * kLut4Chunk + 32 * h;
+      const int64_t g = w.groups == 1 ? 0 : col / w.group_size;
+      const float* xc = xt + col;
+      const __m256 x0 = _mm256_loadu_ps(xc), x1 = _mm256_loadu_ps(xc + 8), x2 = _mm256_loadu_ps(xc + 16),
+                   x3 = _mm256_loadu_ps(xc + 24);
+      for (int r = 0; r < R; ++r) {
+        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + 32 * r));
+        const __m256i idx = h == 0 ? _mm256_and_si256(packed, low) : _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+        if constexpr (TABLE) {
+          const float* tab = w.table + ((rb * R + r) * w.groups + g) * 16;
+          tab_lo[r] = _mm256_loadu_ps(tab);
+          tab_hi[r] = _mm256_loadu_ps(tab + 8);
+        }
+        const __m128i i0 = _mm256_castsi256_si128(idx), i1 = _mm256_extracti128_si256(idx, 1);
+        __m256 s = _mm256_mul_ps(weights8<TABLE>(i0, tab_lo[r], tab_hi[r]), x0);
+        s = _mm256_fmadd_ps(weights8<TABLE>(_mm_srli_si128(i0, 8), tab_lo[r], tab_hi[r]), x1, s);
+        s = _mm256_fmadd_ps(weights8<TABLE>(i1, tab_lo[r], tab_hi[r]), x2, s);
+        s = _mm256_fmadd_ps(weights8<TABLE>(_mm_srli_si128(i1, 8), tab_lo[r], tab_hi[r]), x3, s);
+        seg[r] = _mm256_add_ps(seg[r], s);
+      }
+      const int64_t end = col + 32;
+      if (!TABLE && (end == w.kp || (w.groups > 1 && end % w.group_size == 0))) {
+        const float* sc = w.scales + lut4_cell(w, rb, g);
+        for (int r = 0; r < R; ++r) {
+          acc[r] = _mm256_fmadd_ps(seg[r], _mm256_broadcast_ss(sc + r), acc[r]);
+          seg[r] = _mm256_setzero_ps();
+        }
+      }
+    }
+  }
+  float sums[1][R];
+  for (int r = 0; r < R; ++r) sums[0][r] = hsum(TABLE ? seg[r] : acc[r]);
+  if (TABLE) {  // the table holds the weights: no scales, no offsets
+    const int64_t r0 = rb * R, nr = w.rows - r0 < R ? w.rows - r0 : R;
+    store_block(w.rows, out, r0, nr, t, 1, sums[0], 1, 1);
+  } else {
+    finish_block<1>(w, nullptr, x.xsum, t, rb, sums, false, out);
+  }
+}
+
+void weight_only_avx2(const PackedLut4& w, const Lut4FloatActs& x, int64_t m, int64_t rb0, int64_t rb1,
+                      const LinearOutput& out) {
+  for (int64_t rb = rb0; rb < rb1; ++rb)
+    for (int64_t t = 0; t < m; ++t) {
+      if (w.table) float_block<true>(w, x, t, rb, out);
+      else float_block<false>(w, x, t, rb, out);
+    }
+}
+
+}  // namespace
+
+const Lut4Kernels lut4_kernels_avx2 = {
+    .isa = "avx2",
+    .dynamic = dynamic_avx2,
+    .weight_only = weight_only_avx2,
+};
+
+}  // namespace sparseinfer

@@ -1,0 +1,150 @@
+"""The packed layout the 4-bit lookup kernels share (``int4`` and ``codebook`` formats; see
+csrc/include/sparseinfer/lut4_linear.h): 4-bit indices in 32-byte chunk rows, per-(row, group)
+fp32 scales and offsets, and optional per-(row, group) tables of 16 levels (uint8, the integer
+path) and 16 fp32 values (the float path).
+
+Index layout: rows padded to blocks of 4, columns to chunks of 64 (index 0); for chunk j of
+row r, byte b holds column 64 j + b in its low nibble and 64 j + 32 + b in its high nibble;
+``nibbles`` is uint8 [rows_p / 4, kp / 64, 4, 32].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .._native import _C
+
+ROW_BLOCK = _C.build_info()["lut4_row_block"]
+CHUNK = _C.build_info()["lut4_chunk_cols"]
+MAX_COLS = _C.build_info()["lut4_max_cols"]
+GROUP_MULTIPLE = 32
+ENTRIES = 16
+LEVEL_MAX = 127  # codebook levels for the integer path: 7 bits (u8 x s8 pair sums fit int16)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def padded_dims(rows: int, cols: int) -> tuple[int, int]:
+    return ceil_div(rows, ROW_BLOCK) * ROW_BLOCK, ceil_div(cols, CHUNK) * CHUNK
+
+
+def num_groups(cols: int, group_size: Optional[int]) -> int:
+    return 1 if group_size is None else max(1, ceil_div(cols, group_size))
+
+
+def check_group_size(group_size: Optional[int]) -> None:
+    if group_size is None:
+        return
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < GROUP_MULTIPLE \
+            or group_size % GROUP_MULTIPLE:
+        raise ValueError(f"group_size must be None (per channel) or a positive multiple of "
+                         f"{GROUP_MULTIPLE} (e.g. 32, 64, 128), got {group_size!r}")
+
+
+def by_group(t: torch.Tensor, groups: int, group_size: Optional[int]) -> torch.Tensor:
+    """[rows, cols] -> [rows, groups, width] zero-padded (width = cols when per channel)."""
+    rows, cols = t.shape
+    width = cols if group_size is None else group_size
+    if groups * width == cols:
+        return t.contiguous().view(rows, groups, width)
+    padded = torch.zeros(rows, groups * width, dtype=t.dtype)
+    padded[:, :cols] = t
+    return padded.view(rows, groups, width)
+
+
+def pack_indices(idx: torch.Tensor) -> torch.Tensor:
+    """uint8 indices [rows, cols] (0..15) -> the kernel's nibbles [rows_p/4, kp/64, 4, 32]."""
+    rows, cols = idx.shape
+    rows_p, kp = padded_dims(rows, cols)
+    a = np.zeros((rows_p, kp), dtype=np.uint8)
+    a[:rows, :cols] = idx.numpy()
+    a = a.reshape(rows_p, kp // CHUNK, 2, 32)
+    packed = a[:, :, 0, :] | (a[:, :, 1, :] << 4)  # [rows_p, chunks, 32]
+    packed = packed.reshape(rows_p // ROW_BLOCK, ROW_BLOCK, kp // CHUNK, 32).transpose(0, 2, 1, 3)
+    return torch.from_numpy(np.ascontiguousarray(packed))
+
+
+def unpack_indices(nibbles: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Inverse of pack_indices: uint8 [rows, cols]."""
+    rb, chunks = nibbles.shape[0], nibbles.shape[1]
+    a = nibbles.numpy().transpose(0, 2, 1, 3).reshape(rb * ROW_BLOCK, chunks, 32)
+    full = np.stack((a & 15, a >> 4), axis=2).reshape(rb * ROW_BLOCK, chunks * CHUNK)
+    return torch.from_numpy(np.ascontiguousarray(full[:rows, :cols]))
+
+
+def words_from_indices(idx: torch.Tensor) -> torch.Tensor:
+    """uint8 indices [rows, cols] -> int32 [rows, ceil(cols / 8)], 8 per word, LSB first: the
+    compressed-tensors pack-quantized 4-bit layout (which stores q + 8; an index is that value)."""
+    rows, cols = idx.shape
+    width = ceil_div(cols, 8)
+    a = np.zeros((rows, width * 8), dtype=np.uint8)
+    a[:, :cols] = idx.numpy()
+    pairs = a.reshape(rows, width * 4, 2)
+    packed = np.ascontiguousarray(pairs[:, :, 0] | (pairs[:, :, 1] << 4))  # little-endian words
+    return torch.from_numpy(packed.view(np.int32).reshape(rows, width).copy())
+
+
+def indices_from_words(words: torch.Tensor, cols: int) -> torch.Tensor:
+    """Inverse of words_from_indices (any int32 content is valid: every nibble is an index)."""
+    rows = words.shape[0]
+    b = words.contiguous().numpy().view(np.uint8).reshape(rows, -1)
+    full = np.stack((b & 15, b >> 4), axis=-1).reshape(rows, -1)
+    return torch.from_numpy(np.ascontiguousarray(full[:, :cols]))
+
+
+def blocked(t: torch.Tensor, rows_p: int) -> torch.Tensor:
+    """fp32 [rows, groups] -> [rows_p/4, groups, 4] (padding rows zero)."""
+    padded = torch.zeros(rows_p, t.shape[1], dtype=torch.float32)
+    padded[: t.shape[0]] = t
+    return padded.view(rows_p // ROW_BLOCK, ROW_BLOCK, t.shape[1]).transpose(1, 2).contiguous()
+
+
+def unblocked(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """Inverse of blocked: [rows, groups]."""
+    return t.transpose(1, 2).reshape(-1, t.shape[1])[:rows].contiguous()
+
+
+def padded_rows(t: torch.Tensor, rows_p: int) -> torch.Tensor:
+    """[rows, ...] -> [rows_p, ...] zero-padded, contiguous."""
+    if t.shape[0] == rows_p:
+        return t.contiguous()
+    out = torch.zeros((rows_p,) + tuple(t.shape[1:]), dtype=t.dtype)
+    out[: t.shape[0]] = t
+    return out
+
+
+@dataclass(frozen=True)
+class Lut4CpuPacked:
+    nibbles: torch.Tensor                 # uint8 [rows_p/4, kp/64, 4, 32]
+    scales: torch.Tensor                  # fp32 [rows_p/4, groups, 4]
+    offsets: torch.Tensor                 # fp32 [rows_p/4, groups, 4]
+    levels: Optional[torch.Tensor] = None  # uint8 [rows_p, groups, 16] (codebook)
+    table: Optional[torch.Tensor] = None   # fp32 [rows_p, groups, 16] (codebook)
+
+    def tensors(self) -> tuple:
+        return tuple(t for t in (self.nibbles, self.scales, self.offsets, self.levels, self.table) if t is not None)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def bytes_read(self, nnz: int, path: str) -> int:
+        """Weight bytes a call streams: indices, scales, offsets and the path's table."""
+        table = self.table if path.endswith("_float") else self.levels
+        return sum(t.numel() * t.element_size() for t in (self.nibbles, self.scales, self.offsets, table)
+                   if t is not None)
+
+
+def codebook_levels(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 tables [rows, groups, 16] -> (levels uint8 [rows, groups, 16] in 0..127, scale, offset
+    [rows, groups]) with table ~ scale * level - offset: the 7-bit grid over each table's range
+    (error at most scale / 2)."""
+    lo, hi = table.amin(-1), table.amax(-1)
+    scale = (hi - lo) / LEVEL_MAX
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    levels = torch.round((table - lo.unsqueeze(-1)) / safe.unsqueeze(-1)).clamp_(0, LEVEL_MAX).to(torch.uint8)
+    return levels, scale, -lo
