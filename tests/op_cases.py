@@ -134,13 +134,13 @@ def _int8_raw_args(q, x, bias, act="dynamic"):
 
 def _lut4_raw_args(w, x, bias, act="dynamic"):
     p = w.packed
-    return dict(x=x, nibbles=p.nibbles, scales=p.scales, offsets=p.offsets, levels=p.levels, table=p.table,
+    return dict(x=x, nibbles=p.nibbles, scales=p.scales, zeros=p.zeros, offsets=p.offsets, levels=p.levels, table=p.table,
                 bias=bias, rows=w.rows, cols=w.cols, group_size=w.group_size or 0, act=act)
 
 
 def _lut4_dense_args(w):
     p = w.packed
-    return (p.nibbles, p.scales, p.offsets, p.levels, p.table, w.rows, w.cols, w.group_size or 0)
+    return (p.nibbles, p.scales, p.zeros, p.offsets, p.levels, p.table, w.rows, w.cols, w.group_size or 0)
 
 
 _LUT4_RAW_BAD = (
@@ -217,7 +217,8 @@ CASES: dict[str, OpCase] = {case.name: case for case in (
         dense_op=torch.ops.sparseinfer.lut4_dense, dense_args=_lut4_dense_args,
         raw_bad=_LUT4_RAW_BAD + (
             RawBad("levels_alone", lambda a: _replace(a, levels=torch.zeros(a["scales"].shape[0] * 4, a["scales"].shape[1], 16,
-                                                                            dtype=torch.uint8)), "together"),),
+                                                                            dtype=torch.uint8)), "together"),
+            RawBad("zeros_dtype", lambda a: _replace(a, zeros=a["zeros"].float()), "zeros dtype"),),
         check=_lut4_check, dense_reference=lambda options: options.get("act") == "none",
         state_keys=frozenset({"weight_packed", "weight_scale", "weight_shape", "weight_zero_point"}),  # pack-quantized
         repr_fragments=lambda layer: [f"act={layer.act}"],

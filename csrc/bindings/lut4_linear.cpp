@@ -18,7 +18,7 @@ Lut4Act act_from_code(int act, const char* op) {
 }
 
 void linear(int64_t m_tokens, uintptr_t x, uintptr_t y, uintptr_t bias, int dtype, int64_t rows,
-            int64_t cols, uintptr_t nibbles, uintptr_t scales, uintptr_t offsets, uintptr_t levels,
+            int64_t cols, uintptr_t nibbles, uintptr_t scales, uintptr_t zeros, uintptr_t offsets, uintptr_t levels,
             uintptr_t table, int64_t groups, int64_t group_size, int act, int num_threads) {
   constexpr const char* op = "lut4_linear";
   require(m_tokens >= 0, op, "negative number of tokens");
@@ -37,9 +37,13 @@ void linear(int64_t m_tokens, uintptr_t x, uintptr_t y, uintptr_t bias, int dtyp
   require((groups == 1 && group_size == 0) ||
               (group_size >= 32 && group_size % 32 == 0 && groups == (cols + group_size - 1) / group_size),
           op, "groups must be 1 (group_size 0) or ceil(cols / group_size) with group_size a multiple of 32");
-  require(rows == 0 || ((nibbles || w.kp == 0) && scales && offsets), op, "null weight pointer");
+  require(rows == 0 || ((nibbles || w.kp == 0) && scales && (zeros != 0) != (offsets != 0)), op,
+          "null weight pointer (give scales and exactly one of zeros / offsets)");
+  require((levels != 0) == (table != 0) && (levels == 0 || offsets != 0), op,
+          "levels and table go together, with offsets");
   w.nibbles = ptr<const uint8_t>(nibbles);
   w.scales = ptr<const float>(scales);
+  w.zeros = ptr<const uint8_t>(zeros);
   w.offsets = ptr<const float>(offsets);
   w.levels = ptr<const uint8_t>(levels);
   w.table = ptr<const float>(table);
@@ -59,7 +63,7 @@ std::string path(int act, int64_t m_tokens) { return lut4_linear_path(act_from_c
 
 void bind_lut4_linear(py::module_& m) {
   m.def("lut4_linear", &linear, py::arg("m"), py::arg("x"), py::arg("y"), py::arg("bias"), py::arg("dtype"),
-        py::arg("rows"), py::arg("cols"), py::arg("nibbles"), py::arg("scales"), py::arg("offsets"),
+        py::arg("rows"), py::arg("cols"), py::arg("nibbles"), py::arg("scales"), py::arg("zeros"), py::arg("offsets"),
         py::arg("levels"), py::arg("table"), py::arg("groups"), py::arg("group_size"), py::arg("act"),
         py::arg("num_threads"));
   m.def("lut4_linear_path", &path, py::arg("act"), py::arg("m"));

@@ -6,17 +6,18 @@ from .runtime import (build_info, cpu_features, cpu_isa, cuda_build_info, set_cp
                       set_threading_backend, threading_backend)
 from . import ops, reference, formats, nn, registry, compress, checkpoint
 from .checkpoint import CheckpointError, inspect, load, save
-from .formats import CSR, Int8, Sparse24
-from .nn import CSRLinear, Int8Linear, Sparse24Linear
+from .formats import CSR, Codebook, Int4, Int8, Sparse24
+from .nn import CodebookLinear, CSRLinear, Int4Linear, Int8Linear, Sparse24Linear
 from .swap import LayerReport, SparsifyReport, sparsify
 from .generation import generate
+from . import distributed
 
 __version__ = _C.build_info()["version"]
 
 __all__ = [
-    "CSR", "CSRLinear", "Int8", "Int8Linear", "Sparse24", "Sparse24Linear", "sparsify", "SparsifyReport",
+    "CSR", "CSRLinear", "Int8", "Int8Linear", "Int4", "Int4Linear", "Codebook", "CodebookLinear", "Sparse24", "Sparse24Linear", "sparsify", "SparsifyReport",
     "LayerReport", "generate", "ops", "reference", "formats", "nn", "registry", "compress", "checkpoint", "save", "load",
     "inspect", "CheckpointError",
     "cpu_features", "build_info", "set_cpu_isa", "cpu_isa", "cuda_built", "cuda_build_info",
-    "threading_backend", "set_threading_backend",
+    "threading_backend", "set_threading_backend", "distributed",
 ]

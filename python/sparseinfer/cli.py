@@ -50,11 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     formats = "; ".join(f"{s.name}: {s.summary} (vs {', '.join(s.baselines)})" for s in registry.FORMATS.values())
     bench.add_argument("--format", choices=registry.names(), nargs="+", default=None,
                        help=f"weight formats to time (default: all that run on the device; {formats})")
-    for spec, option in registry.options():  # each format's options, e.g. int8 --act / --group-size
-        bench.add_argument(f"--{option.name.replace('_', '-')}", dest=f"opt_{option.name}", nargs="+",
-                           type=option.parse, choices=option.choices, default=None,
-                           help=f"{spec.name}: {option.help} (default: "
-                                f"{' and '.join(map(str, option.bench_values or (option.default,)))})")
+    for name, pairs in registry.options_by_name().items():  # the formats' options, e.g. --act / --group-size
+        first = pairs[0][1]
+        helps = "; ".join(f"{spec.name}: {option.help} (default: "
+                          f"{' and '.join(map(str, option.bench_values or (option.default,)))})" for spec, option in pairs)
+        choices = None if any(o.choices is None for _, o in pairs) else tuple(
+            dict.fromkeys(c for _, o in pairs for c in o.choices))
+        bench.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", nargs="+", type=first.parse,
+                           choices=choices, default=None, help=helps)
     bench.add_argument("--no-ort", action="store_true", help="int8: skip the ONNX Runtime baseline")
     bench.add_argument("--shapes", type=_shape, nargs="+", default=None,
                        help=f"OUTxIN weight shapes (CPU default {' '.join(f'{o}x{i}' for o, i in DEFAULT_SHAPES)})")

@@ -99,7 +99,8 @@ def lut4_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
     qx, sx = quantize_per_token(x2)
     p = weight.packed
     scales = layout.unblocked(p.scales, weight.rows).double()
-    offsets = layout.unblocked(p.offsets, weight.rows).double()
+    offsets = (layout.unblocked(p.offsets, weight.rows).double() if p.zeros is None
+               else scales * layout.unblocked(p.zeros, weight.rows).double())
     idx = weight.indices().to(torch.int64)
     groups, width = scales.shape[1], weight.cols if weight.group_size is None else weight.group_size
     y = torch.zeros(x2.shape[0], weight.rows, dtype=torch.float64)

@@ -97,6 +97,11 @@ class WeightFormat:
         return combos
 
 
+def _optional_int(text: str):
+    """CLI text -> an int, or None for "none" (e.g. --group-size none: per channel)."""
+    return None if text.lower() == "none" else int(text)
+
+
 def _random_pruned(out_features: int, in_features: int, sparsity: float, dtype, seed: int) -> torch.Tensor:
     """A weight with exactly round(sparsity * numel) zeros at random places."""
     g = torch.Generator().manual_seed(seed)
@@ -167,7 +172,7 @@ register(WeightFormat(
         Option("act", "dynamic", check_act, "activations: dynamic (W8A8, per-token int8) or none "
                "(weight-only)", bench_values=("dynamic", "none"), choices=tuple(ACTS)),
         Option("group_size", None, check_group_size, "scales per group of this many input columns "
-               "(a multiple of 32; default per channel)", parse=int),
+               "(a multiple of 32; default per channel)", parse=_optional_int),
     ),
     op_options=("act",), quant_scheme=lambda layer: (layer.act, layer.group_size), quant_bits=(8,),
     bench_sparsities=(0.0,), bench_dtype=torch.float32,
@@ -207,13 +212,13 @@ register(WeightFormat(
     options=(
         _LUT4_ACT,
         Option("group_size", 128, check_lut4_group_size, "scales per group of this many input columns "
-               "(a multiple of 32; none: per channel)", parse=lambda s: None if s.lower() == "none" else int(s)),
+               "(a multiple of 32; none: per channel)", parse=_optional_int),
         Option("symmetric", True, _check_symmetric, "symmetric (zero point 0) or asymmetric per group",
                parse=lambda s: s.lower() in ("1", "true", "yes")),
     ),
     op_options=("act",), quant_scheme=lambda layer: (layer.act, layer.group_size, 4, layer.symmetric),
     quant_bits=(4,), bench_sparsities=(0.0,), bench_dtype=torch.float32,
-    baselines=("dense", "torch_dynamic_int8")))
+    baselines=("dense", "torch_dynamic_int8", "int8_w8a8", "int8_weight_only")))
 
 register(WeightFormat(
     name="codebook", summary="shared weights: 4-bit indices into 16 values per channel or group (k-means)",
@@ -222,10 +227,10 @@ register(WeightFormat(
     options=(
         _LUT4_ACT,
         Option("group_size", None, check_lut4_group_size, "one table per group of this many input columns "
-               "(a multiple of 32; default per channel)", parse=lambda s: None if s.lower() == "none" else int(s)),
+               "(a multiple of 32; default per channel)", parse=_optional_int),
     ),
     op_options=("act",), bench_sparsities=(0.0,), bench_dtype=torch.float32,
-    baselines=("dense", "torch_dynamic_int8")))
+    baselines=("dense", "torch_dynamic_int8", "int8_w8a8", "int8_weight_only")))
 
 
 # The sparsity format a checkpoint falls back to when its layers mix several (it holds any pattern).
@@ -274,3 +279,12 @@ def options() -> Iterator[tuple[WeightFormat, Option]]:
     for spec in FORMATS.values():
         for option in spec.options:
             yield spec, option
+
+
+def options_by_name() -> dict[str, list[tuple[WeightFormat, Option]]]:
+    """The (format, option) pairs grouped by option name: one CLI flag serves every format that
+    has an option of that name (e.g. --act for int8, int4 and codebook)."""
+    grouped: dict[str, list[tuple[WeightFormat, Option]]] = {}
+    for spec, option in options():
+        grouped.setdefault(option.name, []).append((spec, option))
+    return grouped

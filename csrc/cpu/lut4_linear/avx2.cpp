@@ -10,6 +10,13 @@
 namespace sparseinfer {
 namespace {
 
+// Software prefetch distance along a row block's index stream (the hardware prefetcher alone
+// leaves a core short of the memory bandwidth once the kernel spends cycles on every line).
+#ifndef SPARSEINFER_LUT4_PREFETCH
+#define SPARSEINFER_LUT4_PREFETCH 1024
+#endif
+constexpr int64_t kPrefetchBytes = SPARSEINFER_LUT4_PREFETCH;
+
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -17,51 +24,75 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// The 4 rows' offsets of group g: scale * zero (int4) or the codebook's offsets.
+inline __m128 offsets4(const PackedLut4& w, int64_t rb, int64_t g) {
+  const int64_t cell = lut4_cell(w, rb, g);
+  if (!w.zeros) return _mm_loadu_ps(w.offsets + cell);
+  int32_t z;
+  __builtin_memcpy(&z, w.zeros + cell, 4);
+  return _mm_mul_ps(_mm_loadu_ps(w.scales + cell), _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(z))));
+}
+
 // y for R rows x T tokens from per-(token, row) sums: scale_x * (sum - offsets . xsum).
 template <int T>
 void finish_block(const PackedLut4& w, const float* xscale, const float* xsum, int64_t t0, int64_t rb,
-                  const float (&sums)[T][kLut4RowBlock], bool dynamic, const LinearOutput& out) {
+                  const float (&sums)[T][kLut4RowBlock], const LinearOutput& out) {
   const int64_t r0 = rb * kLut4RowBlock;
   const int64_t nr = w.rows - r0 < kLut4RowBlock ? w.rows - r0 : kLut4RowBlock;
   for (int t = 0; t < T; ++t) {
     __m128 corr = _mm_setzero_ps();
     const float* xs = xsum + (t0 + t) * w.groups;
     for (int64_t g = 0; g < w.groups; ++g)
-      corr = _mm_add_ps(corr, _mm_mul_ps(_mm_loadu_ps(w.offsets + lut4_cell(w, rb, g)), _mm_set1_ps(xs[g])));
-    __m128 v = _mm_sub_ps(_mm_loadu_ps(sums[t]), corr);
-    if (dynamic) v = _mm_mul_ps(v, _mm_set1_ps(xscale[t0 + t]));
+      corr = _mm_add_ps(corr, _mm_mul_ps(offsets4(w, rb, g), _mm_set1_ps(xs[g])));
+    const __m128 v = _mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(sums[t]), corr), _mm_set1_ps(xscale[t0 + t]));
     float y[kLut4RowBlock];
     _mm_storeu_ps(y, v);
     store_block(w.rows, out, r0, nr, t0 + t, 1, y, 1, 1);
   }
 }
 
+// Index vector of the 32 columns [col, col + 32) of a row's chunk (col a multiple of 32).
+inline __m256i indices32(const uint8_t* chunk_row, int64_t col) {
+  const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk_row));
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  return (col & 32) ? _mm256_and_si256(_mm256_srli_epi16(packed, 4), low) : _mm256_and_si256(packed, low);
+}
+
+// Column stretches: each group, cut (int4) into pieces of at most 256 columns so that int16
+// pair sums cannot overflow. body(g, c0, c1) per stretch, in column order.
+template <class F>
+inline void for_stretches(const PackedLut4& w, int64_t max_width, F&& body) {
+  const int64_t width = lut4_group_width(w);
+  for (int64_t g = 0; g < w.groups; ++g) {
+    const int64_t g0 = g * width, g1 = g0 + width < w.kp ? g0 + width : w.kp;
+    for (int64_t c0 = g0; c0 < g1; c0 += max_width) body(g, c0, c0 + max_width < g1 ? c0 + max_width : g1);
+  }
+}
+
 // W8A8-style: T tokens x the 4 rows of row block rb. part holds int16 pair sums (int4) or int32
-// sums (codebook) of the current stretch; a stretch ends at a group end and, for int4, every
-// 256 columns, and goes into the fp32 lanes times the group's scale.
+// sums (codebook) of a stretch, which then goes into the fp32 lanes times the group's scale.
 template <bool LUT, int T>
 void dynamic_block(const PackedLut4& w, const Lut4QuantActs& x, int64_t t0, int64_t rb, const LinearOutput& out) {
   constexpr int R = kLut4RowBlock;
-  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
   __m256 acc[T][R];
-  __m256i part[T][R];
   for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) acc[t][r] = _mm256_setzero_ps(), part[t][r] = _mm256_setzero_si256();
-  const int64_t chunks = w.kp / kLut4Chunk;
-  for (int64_t j = 0; j < chunks; ++j) {
-    const uint8_t* base = lut4_chunk(w, rb, j);
-    for (int h = 0; h < 2; ++h) {
-      const int64_t col = j * kLut4Chunk + 32 * h;
-      const int64_t g = w.groups == 1 ? 0 : col / w.group_size;
+    for (int r = 0; r < R; ++r) acc[t][r] = _mm256_setzero_ps();
+  const int8_t* xq = x.q + t0 * w.kp;
+  for_stretches(w, LUT ? w.kp : 256, [&](int64_t g, int64_t c0, int64_t c1) {
+    __m256i part[T][R];
+    for (int t = 0; t < T; ++t)
+      for (int r = 0; r < R; ++r) part[t][r] = _mm256_setzero_si256();
+    const uint8_t* levels = LUT ? w.levels + (rb * R * w.groups + g) * 16 : nullptr;
+    // one half (32 columns at `col`) of the chunk at `chunk`: high nibbles if `high`
+    auto half = [&](const uint8_t* chunk, bool high, int64_t col) __attribute__((always_inline)) {
       __m256i xv[T];
-      for (int t = 0; t < T; ++t)
-        xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (t0 + t) * w.kp + col));
+      for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * w.kp + col));
       for (int r = 0; r < R; ++r) {
-        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + 32 * r));
-        __m256i lv = h == 0 ? _mm256_and_si256(packed, low) : _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + 32 * r));
+        __m256i lv = _mm256_and_si256(high ? _mm256_srli_epi16(packed, 4) : packed, low);
         if constexpr (LUT) {
-          const __m128i tab = _mm_loadu_si128(
-              reinterpret_cast<const __m128i*>(w.levels + ((rb * R + r) * w.groups + g) * 16));
+          const __m128i tab = _mm_loadu_si128(reinterpret_cast<const __m128i*>(levels + r * w.groups * 16));
           lv = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(tab), lv);
         }
         for (int t = 0; t < T; ++t) {
@@ -70,25 +101,30 @@ void dynamic_block(const PackedLut4& w, const Lut4QuantActs& x, int64_t t0, int6
           else part[t][r] = _mm256_add_epi16(part[t][r], p);
         }
       }
-      const int64_t end = col + 32;
-      const bool group_end = end == w.kp || (w.groups > 1 && end % w.group_size == 0);
-      if (group_end || (!LUT && end % 256 == 0)) {
-        const float* s = w.scales + lut4_cell(w, rb, g);
-        for (int r = 0; r < R; ++r) {
-          const __m256 sv = _mm256_broadcast_ss(s + r);
-          for (int t = 0; t < T; ++t) {
-            const __m256i d = LUT ? part[t][r] : _mm256_madd_epi16(part[t][r], ones);
-            acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sv, acc[t][r]);
-            part[t][r] = _mm256_setzero_si256();
-          }
-        }
+    };
+    const uint8_t* chunk = lut4_chunk(w, rb, c0 / kLut4Chunk);
+    int64_t col = c0;
+    if (col & 32) half(chunk, true, col), col += 32, chunk += 32 * R;  // a stretch starting mid-chunk
+    for (; col + kLut4Chunk <= c1; col += kLut4Chunk, chunk += 32 * R) {
+      _mm_prefetch(reinterpret_cast<const char*>(chunk) + kPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(chunk) + kPrefetchBytes + 64, _MM_HINT_T0);
+      half(chunk, false, col);
+      half(chunk, true, col + 32);
+    }
+    if (col < c1) half(chunk, false, col);  // a stretch ending mid-chunk
+    const float* s = w.scales + lut4_cell(w, rb, g);
+    for (int r = 0; r < R; ++r) {
+      const __m256 sv = _mm256_broadcast_ss(s + r);
+      for (int t = 0; t < T; ++t) {
+        const __m256i d = LUT ? part[t][r] : _mm256_madd_epi16(part[t][r], ones);
+        acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sv, acc[t][r]);
       }
     }
-  }
+  });
   float sums[T][R];
   for (int t = 0; t < T; ++t)
     for (int r = 0; r < R; ++r) sums[t][r] = hsum(acc[t][r]);
-  finish_block<T>(w, x.scale, x.xsum, t0, rb, sums, true, out);
+  finish_block<T>(w, x.scale, x.xsum, t0, rb, sums, out);
 }
 
 template <bool LUT>
@@ -107,15 +143,16 @@ void dynamic_avx2(const PackedLut4& w, const Lut4QuantActs& x, int64_t m, int64_
   else dynamic_rows<false>(w, x, m, rb0, rb1, out);
 }
 
-// 8 indices (bytes) -> 8 fp32 weights: the index itself (int4) or table[index] (codebook).
+// 8 indices (bytes) -> 8 fp32 weights (before the group's scale): index - zero (int4, exact in
+// integers, so no cancellation against an offset term) or table[index] (codebook).
 template <bool TABLE>
-inline __m256 weights8(__m128i idx8, __m256 tab_lo, __m256 tab_hi) {
+inline __m256 weights8(__m128i idx8, __m256 tab_lo, __m256 tab_hi, __m256i zero) {
   const __m256i i32 = _mm256_cvtepu8_epi32(idx8);
   if constexpr (TABLE) {
     const __m256 lo = _mm256_permutevar8x32_ps(tab_lo, i32), hi = _mm256_permutevar8x32_ps(tab_hi, i32);
     return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(i32, 28)));
   } else {
-    return _mm256_cvtepi32_ps(i32);
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(i32, zero));
   }
 }
 
@@ -123,54 +160,49 @@ inline __m256 weights8(__m128i idx8, __m256 tab_lo, __m256 tab_hi) {
 template <bool TABLE>
 void float_block(const PackedLut4& w, const Lut4FloatActs& x, int64_t t, int64_t rb, const LinearOutput& out) {
   constexpr int R = kLut4RowBlock;
-  const __m256i low = _mm256_set1_epi8(0x0F);
   const float* xt = x.x + t * w.kp;
-  __m256 acc[R], seg[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps(), seg[r] = _mm256_setzero_ps();
-  __m256 tab_lo[R], tab_hi[R];
-  for (int r = 0; r < R; ++r) tab_lo[r] = tab_hi[r] = _mm256_setzero_ps();
-  const int64_t chunks = w.kp / kLut4Chunk;
-  for (int64_t j = 0; j < chunks; ++j) {
-    const uint8_t* base = lut4_chunk(w, rb, j);
-    for (int h = 0; h < 2; ++h) {
-      const int64_t col = j * kLut4Chunk + 32 * h;
-      const int64_t g = w.groups == 1 ? 0 : col / w.group_size;
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for_stretches(w, w.kp, [&](int64_t g, int64_t c0, int64_t c1) {
+    __m256 seg[R], tab_lo[R], tab_hi[R];
+    __m256i zero[R];
+    const uint8_t* zeros = TABLE ? nullptr : w.zeros + lut4_cell(w, rb, g);  // int4: w = scale * (index - zero)
+    for (int r = 0; r < R; ++r) {
+      seg[r] = _mm256_setzero_ps();
+      tab_lo[r] = tab_hi[r] = _mm256_setzero_ps();
+      zero[r] = _mm256_set1_epi32(TABLE ? 0 : zeros[r]);
+      if constexpr (TABLE) {
+        const float* tab = w.table + ((rb * R + r) * w.groups + g) * 16;
+        tab_lo[r] = _mm256_loadu_ps(tab);
+        tab_hi[r] = _mm256_loadu_ps(tab + 8);
+      }
+    }
+    for (int64_t col = c0; col < c1; col += 32) {
+      const uint8_t* chunk = lut4_chunk(w, rb, col / kLut4Chunk);
       const float* xc = xt + col;
       const __m256 x0 = _mm256_loadu_ps(xc), x1 = _mm256_loadu_ps(xc + 8), x2 = _mm256_loadu_ps(xc + 16),
                    x3 = _mm256_loadu_ps(xc + 24);
       for (int r = 0; r < R; ++r) {
-        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + 32 * r));
-        const __m256i idx = h == 0 ? _mm256_and_si256(packed, low) : _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
-        if constexpr (TABLE) {
-          const float* tab = w.table + ((rb * R + r) * w.groups + g) * 16;
-          tab_lo[r] = _mm256_loadu_ps(tab);
-          tab_hi[r] = _mm256_loadu_ps(tab + 8);
-        }
+        const __m256i idx = indices32(chunk + 32 * r, col);
         const __m128i i0 = _mm256_castsi256_si128(idx), i1 = _mm256_extracti128_si256(idx, 1);
-        __m256 s = _mm256_mul_ps(weights8<TABLE>(i0, tab_lo[r], tab_hi[r]), x0);
-        s = _mm256_fmadd_ps(weights8<TABLE>(_mm_srli_si128(i0, 8), tab_lo[r], tab_hi[r]), x1, s);
-        s = _mm256_fmadd_ps(weights8<TABLE>(i1, tab_lo[r], tab_hi[r]), x2, s);
-        s = _mm256_fmadd_ps(weights8<TABLE>(_mm_srli_si128(i1, 8), tab_lo[r], tab_hi[r]), x3, s);
+        __m256 s = _mm256_mul_ps(weights8<TABLE>(i0, tab_lo[r], tab_hi[r], zero[r]), x0);
+        s = _mm256_fmadd_ps(weights8<TABLE>(_mm_srli_si128(i0, 8), tab_lo[r], tab_hi[r], zero[r]), x1, s);
+        s = _mm256_fmadd_ps(weights8<TABLE>(i1, tab_lo[r], tab_hi[r], zero[r]), x2, s);
+        s = _mm256_fmadd_ps(weights8<TABLE>(_mm_srli_si128(i1, 8), tab_lo[r], tab_hi[r], zero[r]), x3, s);
         seg[r] = _mm256_add_ps(seg[r], s);
       }
-      const int64_t end = col + 32;
-      if (!TABLE && (end == w.kp || (w.groups > 1 && end % w.group_size == 0))) {
-        const float* sc = w.scales + lut4_cell(w, rb, g);
-        for (int r = 0; r < R; ++r) {
-          acc[r] = _mm256_fmadd_ps(seg[r], _mm256_broadcast_ss(sc + r), acc[r]);
-          seg[r] = _mm256_setzero_ps();
-        }
-      }
     }
-  }
-  float sums[1][R];
-  for (int r = 0; r < R; ++r) sums[0][r] = hsum(TABLE ? seg[r] : acc[r]);
-  if (TABLE) {  // the table holds the weights: no scales, no offsets
-    const int64_t r0 = rb * R, nr = w.rows - r0 < R ? w.rows - r0 : R;
-    store_block(w.rows, out, r0, nr, t, 1, sums[0], 1, 1);
-  } else {
-    finish_block<1>(w, nullptr, x.xsum, t, rb, sums, false, out);
-  }
+    if constexpr (TABLE) {
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_add_ps(acc[r], seg[r]);
+    } else {
+      const float* sc = w.scales + lut4_cell(w, rb, g);
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(seg[r], _mm256_broadcast_ss(sc + r), acc[r]);
+    }
+  });
+  float sums[R];
+  for (int r = 0; r < R; ++r) sums[r] = hsum(acc[r]);
+  const int64_t r0 = rb * R, nr = w.rows - r0 < R ? w.rows - r0 : R;
+  store_block(w.rows, out, r0, nr, t, 1, sums, 1, 1);
 }
 
 void weight_only_avx2(const PackedLut4& w, const Lut4FloatActs& x, int64_t m, int64_t rb0, int64_t rb1,

@@ -26,7 +26,8 @@ inline float lut4_scale(const PackedLut4& w, int64_t r, int64_t g) {
   return w.scales[lut4_cell(w, r / kLut4RowBlock, g) + r % kLut4RowBlock];
 }
 inline float lut4_offset(const PackedLut4& w, int64_t r, int64_t g) {
-  return w.offsets[lut4_cell(w, r / kLut4RowBlock, g) + r % kLut4RowBlock];
+  const int64_t cell = lut4_cell(w, r / kLut4RowBlock, g) + r % kLut4RowBlock;
+  return w.zeros ? w.scales[cell] * static_cast<float>(w.zeros[cell]) : w.offsets[cell];
 }
 
 // The weight the float path multiplies.
@@ -34,6 +35,9 @@ inline float lut4_float_weight(const PackedLut4& w, int64_t r, int64_t k) {
   const int64_t g = lut4_group_of(w, k);
   const int i = lut4_index(w, r, k);
   if (w.table) return w.table[(r * w.groups + g) * 16 + i];
+  if (w.zeros)
+    return lut4_scale(w, r, g) *
+           static_cast<float>(i - w.zeros[lut4_cell(w, r / kLut4RowBlock, g) + r % kLut4RowBlock]);
   return lut4_scale(w, r, g) * static_cast<float>(lut4_level(w, r, g, i)) - lut4_offset(w, r, g);
 }
 

@@ -3,7 +3,6 @@
 // and splits row blocks evenly across threads.
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 
 #include "../driver_common.h"
 #include "common.h"
@@ -38,23 +37,16 @@ void run_row_blocks(const PackedLut4& w, int64_t m, int num_threads, F&& body) {
   });
 }
 
-// Per-group sums of m rows of `stride` values (columns past kp are zero, so whole groups sum).
-template <class V>
-void group_sums(const PackedLut4& w, const V* rows, int64_t m, float* xsum) {
+// Per-group sums of m quantized rows of kp values (zero past cols: whole groups sum), exact.
+void group_sums(const PackedLut4& w, const int8_t* rows, int64_t m, float* xsum) {
   const int64_t width = lut4_group_width(w);
   for (int64_t t = 0; t < m; ++t)
     for (int64_t g = 0; g < w.groups; ++g) {
-      const V* v = rows + t * w.kp + g * width;
+      const int8_t* v = rows + t * w.kp + g * width;
       const int64_t n = std::min(width, w.kp - g * width);
-      float s = 0.f;
-      if constexpr (std::is_same_v<V, int8_t>) {
-        int32_t si = 0;
-        for (int64_t k = 0; k < n; ++k) si += v[k];
-        s = static_cast<float>(si);
-      } else {
-        for (int64_t k = 0; k < n; ++k) s += v[k];
-      }
-      xsum[t * w.groups + g] = s;
+      int32_t s = 0;
+      for (int64_t k = 0; k < n; ++k) s += v[k];
+      xsum[t * w.groups + g] = static_cast<float>(s);
     }
 }
 
@@ -75,10 +67,9 @@ void lut4_linear(const Lut4LinearCall& call, int num_threads) {
   const Lut4Kernels& k = active_kernels();
 
   if (call.act == Lut4Act::none) {
-    float* buffer = scratch_floats(kDriverScratch, m * w.kp + m * w.groups);
+    float* buffer = scratch_floats(kDriverScratch, m * w.kp);
     rows_to_f32(call.out.dtype, call.x, m, w.cols, w.kp, buffer);
-    Lut4FloatActs acts{buffer, buffer + m * w.kp};
-    group_sums(w, acts.x, m, buffer + m * w.kp);
+    Lut4FloatActs acts{buffer};
     run_row_blocks(w, m, num_threads, [&](int64_t rb0, int64_t rb1) { k.weight_only(w, acts, m, rb0, rb1, call.out); });
     return;
   }
@@ -97,13 +88,12 @@ void lut4_linear(const Lut4LinearCall& call, int num_threads) {
   // recomputed with the float path, which propagates them as F.linear does.
   for (int64_t t = 0; t < m; ++t) {
     if (finite_scale(scale[t])) continue;
-    float* row = scratch_floats(kKernelScratch, w.kp + w.groups);
+    float* row = scratch_floats(kKernelScratch, w.kp);
     const int64_t dsize = dtype_size(call.out.dtype);
     rows_to_f32(call.out.dtype, static_cast<const char*>(call.x) + t * w.cols * dsize, 1, w.cols, w.kp, row);
-    group_sums(w, row, 1, row + w.kp);
     LinearOutput out = call.out;
     out.y = static_cast<char*>(call.out.y) + t * w.rows * dsize;
-    Lut4FloatActs one{row, row + w.kp};
+    Lut4FloatActs one{row};
     run_row_blocks(w, 1, num_threads, [&](int64_t rb0, int64_t rb1) { k.weight_only(w, one, 1, rb0, rb1, out); });
   }
 }

@@ -8,8 +8,9 @@
 //     row; byte b holds column 64 j + b in its low nibble and column 64 j + 32 + b in its high
 //     nibble, so one 256-bit load, an AND and a shift give the chunk's 64 indices in column order;
 //     the 4 rows' chunks follow each other: one sequential stream per row block;
-//   scales  [rows_p / 4][groups][4] fp32 and offsets [rows_p / 4][groups][4] fp32: per row and
-//     group of input columns (groups == 1: per channel);
+//   scales  [rows_p / 4][groups][4] fp32 per row and group of input columns (groups == 1: per
+//     channel), and either zeros [rows_p / 4][groups][4] uint8 (int4: 0..15) or offsets
+//     [rows_p / 4][groups][4] fp32 (codebook), offset = scale * zero for int4;
 //   levels  [rows_p][groups][16] uint8 in [0, 127], or null (identity: level i = i);
 //   table   [rows_p][groups][16] fp32, or null (identity).
 // Weight (row r, column k in group g, index i):
@@ -25,7 +26,7 @@
 //     y[t][r] = scale_x[t] * (sum_g scale[r][g] * dot_g - sum_g offset[r][g] * xsum_g) + bias[r]
 //   with xsum_g the sum of the token's quantized activations over group g (fp32 sums in any
 //   order: not bit-identical across tiers).
-// act = none: y = x @ W.T + bias in fp32.
+// act = none: y = x @ W.T + bias in fp32 (int4 as scale * (index - zero), zero = offset / scale).
 #pragma once
 #include <cstdint>
 
@@ -46,7 +47,8 @@ struct PackedLut4 {
   int64_t group_size = 0;          // columns per group (a multiple of 32); 0 when groups == 1
   const uint8_t* nibbles = nullptr;
   const float* scales = nullptr;
-  const float* offsets = nullptr;
+  const uint8_t* zeros = nullptr;   // int4, or null
+  const float* offsets = nullptr;   // codebook, or null
   const uint8_t* levels = nullptr;  // [rows_p][groups][16] or null
   const float* table = nullptr;     // [rows_p][groups][16] or null
 };
@@ -66,10 +68,9 @@ struct Lut4QuantActs {
   const float* xsum = nullptr;
 };
 
-// act = none: x fp32 [m][kp] (zero beyond cols) and xsum [m][groups] fp32.
+// act = none: x fp32 [m][kp] (zero beyond cols).
 struct Lut4FloatActs {
   const float* x = nullptr;
-  const float* xsum = nullptr;
 };
 
 using Lut4DynamicKernel = void (*)(const PackedLut4& w, const Lut4QuantActs& x, int64_t m,

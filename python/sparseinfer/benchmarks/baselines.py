@@ -29,6 +29,8 @@ DESCRIBE = {
                 "process-wide intra-op thread pool, so that cold timing can rotate through copies)",
     "torch_sparse_csr": "torch CSR tensor matmul (cuSPARSE on CUDA)",
     "torch_semi_structured": "torch.sparse.to_sparse_semi_structured (2:4)",
+    "int8_w8a8": "sparseinfer int8, per channel, act=dynamic (W8A8: our own 8-bit format)",
+    "int8_weight_only": "sparseinfer int8, per channel, act=none (weight-only: our own 8-bit format)",
 }
 
 
@@ -188,9 +190,21 @@ def torch_semi_structured(weight: torch.Tensor, threads: int) -> Optional[Baseli
                     replicate=lambda: torch_semi_structured(weight, threads))
 
 
+def _ours_int8(act: str):
+    def make(weight: torch.Tensor, threads: int) -> Baseline:
+        from ..formats import Int8
+        from ..ops import int8_linear
+        packed = Int8.from_dense(weight.float())
+        name = "int8_w8a8" if act == "dynamic" else "int8_weight_only"
+        return Baseline(name, lambda x: (lambda: int8_linear(x.float(), packed, act=act)), nbytes=packed.nbytes(),
+                        replicate=lambda: make(weight, threads))
+    return make
+
+
 BUILDERS: dict[str, Callable[[torch.Tensor, int], Optional[Baseline]]] = {
     "dense": dense, "torch_dynamic_int8": torch_dynamic_int8, "ort_int8": ort_int8,
     "torch_sparse_csr": torch_sparse_csr, "torch_semi_structured": torch_semi_structured,
+    "int8_w8a8": _ours_int8("dynamic"), "int8_weight_only": _ours_int8("none"),
 }
 
 

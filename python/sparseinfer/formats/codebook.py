@@ -140,8 +140,8 @@ class Codebook(Lut4Weight):
         exact = table.float()
         levels, scale, offset = lut4.codebook_levels(exact)
         packed = lut4.Lut4CpuPacked(lut4.pack_indices(idx), lut4.blocked(scale, rows_p),
-                                    lut4.blocked(offset, rows_p), lut4.padded_rows(levels, rows_p),
-                                    lut4.padded_rows(exact, rows_p))
+                                    offsets=lut4.blocked(offset, rows_p), levels=lut4.padded_rows(levels, rows_p),
+                                    table=lut4.padded_rows(exact, rows_p))
         weight = cls((rows, cols), 0, packed, group_size, dtype)
         weight.nnz = int((weight.to_dense(torch.float32) != 0).sum()) if rows * cols else 0
         return weight
@@ -160,8 +160,8 @@ class Codebook(Lut4Weight):
 
     def validate(self) -> None:
         self._validate_layout()
-        if self._p.levels is None or self._p.table is None:
-            self._fail("table", "codebook weights need their levels and table")
+        if self._p.levels is None or self._p.table is None or self._p.offsets is None or self._p.zeros is not None:
+            self._fail("table", "codebook weights need their levels, table and offsets (and no zeros)")
         self._check_table(self.table(), self.rows, self.cols, self.group_size)
         levels, scale, offset = lut4.codebook_levels(self._p.table)
         if not torch.equal(levels, self._p.levels):

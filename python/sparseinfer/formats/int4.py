@@ -12,7 +12,7 @@ Canonical form (state_dict; the compressed-tensors ``pack-quantized`` 4-bit arra
 ``weight_scale`` [rows, groups] in the model dtype, ``weight_shape`` int64 [2] and
 ``weight_zero_point`` int8 [rows, groups] (zeros when symmetric; checkpoints store it only
 for asymmetric weights, packed as compressed-tensors does).
-Kernel form: index = q + 8, scale, offset = scale * (zero + 8).
+Kernel form: index = q + 8, scale and zero + 8 (uint8) per row and group.
 """
 from __future__ import annotations
 
@@ -155,8 +155,8 @@ class Int4(Lut4Weight):
         rows, cols = q.shape
         rows_p, _ = lut4.padded_dims(rows, cols)
         nibbles = lut4.pack_indices((q.to(torch.int16) + 8).to(torch.uint8))
-        offsets = scale * (zero.float() + 8)
-        packed = lut4.Lut4CpuPacked(nibbles, lut4.blocked(scale, rows_p), lut4.blocked(offsets, rows_p))
+        zeros = (zero.to(torch.int16) + 8).to(torch.uint8)
+        packed = lut4.Lut4CpuPacked(nibbles, lut4.blocked(scale.float(), rows_p), zeros=lut4.blocked(zeros, rows_p))
         width = cols if group_size is None else group_size
         zero_cols = zero.repeat_interleave(width, dim=1)[:, :cols] if rows * cols else zero
         scale_cols = scale.repeat_interleave(width, dim=1)[:, :cols] if rows * cols else scale
@@ -174,10 +174,7 @@ class Int4(Lut4Weight):
 
     def zero_point(self) -> torch.Tensor:
         """int8 zero points [rows, groups] (-8..7; 0 when symmetric)."""
-        s, off = self.scale(), lut4.unblocked(self._p.offsets, self.rows)
-        safe = torch.where(s > 0, s, torch.ones_like(s))
-        zero = torch.where(s > 0, torch.round(off / safe) - 8, torch.zeros_like(s))
-        return zero.to(torch.int8)
+        return (lut4.unblocked(self._p.zeros, self.rows).to(torch.int16) - 8).to(torch.int8)
 
     def qweight(self) -> torch.Tensor:
         """int8 values [rows, cols] in -8..7."""
@@ -194,8 +191,10 @@ class Int4(Lut4Weight):
     def validate(self) -> None:
         """Re-prove the packed invariants (e.g. after tensors were loaded or mutated)."""
         self._validate_layout()
-        if self._p.levels is not None or self._p.table is not None:
-            self._fail("levels", "int4 weights have no tables")
+        if self._p.levels is not None or self._p.table is not None or self._p.offsets is not None:
+            self._fail("levels", "int4 weights have no tables or offsets")
+        if self._p.zeros is None or int(self._p.zeros.max()) > 15:
+            self._fail("zeros", "int4 weights need zero points in 0..15 (zero + 8)")
         rows_p, kp = lut4.padded_dims(self.rows, self.cols)
         idx = lut4.unpack_indices(self._p.nibbles, rows_p, kp)
         if bool(idx[self.rows:].any()) or bool(idx[:, self.cols:].any()):

@@ -1,6 +1,6 @@
 """The packed layout the 4-bit lookup kernels share (``int4`` and ``codebook`` formats; see
 csrc/include/sparseinfer/lut4_linear.h): 4-bit indices in 32-byte chunk rows, per-(row, group)
-fp32 scales and offsets, and optional per-(row, group) tables of 16 levels (uint8, the integer
+fp32 scales with uint8 zeros (int4) or fp32 offsets (codebook), and optional per-(row, group) tables of 16 levels (uint8, the integer
 path) and 16 fp32 values (the float path).
 
 Index layout: rows padded to blocks of 4, columns to chunks of 64 (index 0); for chunk j of
@@ -98,8 +98,8 @@ def indices_from_words(words: torch.Tensor, cols: int) -> torch.Tensor:
 
 
 def blocked(t: torch.Tensor, rows_p: int) -> torch.Tensor:
-    """fp32 [rows, groups] -> [rows_p/4, groups, 4] (padding rows zero)."""
-    padded = torch.zeros(rows_p, t.shape[1], dtype=torch.float32)
+    """[rows, groups] -> [rows_p/4, groups, 4] (padding rows zero), same dtype."""
+    padded = torch.zeros(rows_p, t.shape[1], dtype=t.dtype)
     padded[: t.shape[0]] = t
     return padded.view(rows_p // ROW_BLOCK, ROW_BLOCK, t.shape[1]).transpose(1, 2).contiguous()
 
@@ -120,22 +120,24 @@ def padded_rows(t: torch.Tensor, rows_p: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Lut4CpuPacked:
-    nibbles: torch.Tensor                 # uint8 [rows_p/4, kp/64, 4, 32]
-    scales: torch.Tensor                  # fp32 [rows_p/4, groups, 4]
-    offsets: torch.Tensor                 # fp32 [rows_p/4, groups, 4]
+    nibbles: torch.Tensor                  # uint8 [rows_p/4, kp/64, 4, 32]
+    scales: torch.Tensor                   # fp32 [rows_p/4, groups, 4]
+    zeros: Optional[torch.Tensor] = None   # uint8 [rows_p/4, groups, 4] (int4: zero point + 8)
+    offsets: Optional[torch.Tensor] = None  # fp32 [rows_p/4, groups, 4] (codebook)
     levels: Optional[torch.Tensor] = None  # uint8 [rows_p, groups, 16] (codebook)
     table: Optional[torch.Tensor] = None   # fp32 [rows_p, groups, 16] (codebook)
 
     def tensors(self) -> tuple:
-        return tuple(t for t in (self.nibbles, self.scales, self.offsets, self.levels, self.table) if t is not None)
+        return tuple(t for t in (self.nibbles, self.scales, self.zeros, self.offsets, self.levels, self.table)
+                     if t is not None)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def bytes_read(self, nnz: int, path: str) -> int:
-        """Weight bytes a call streams: indices, scales, offsets and the path's table."""
+        """Weight bytes a call streams: indices, scales, zeros or offsets and the path's table."""
         table = self.table if path.endswith("_float") else self.levels
-        return sum(t.numel() * t.element_size() for t in (self.nibbles, self.scales, self.offsets, table)
+        return sum(t.numel() * t.element_size() for t in (self.nibbles, self.scales, self.zeros, self.offsets, table)
                    if t is not None)
 
 

@@ -125,9 +125,13 @@ class Lut4Weight(PackedWeight):
         p = self._p
         rows_p, kp = lut4.padded_dims(self.rows, self.cols)
         groups = lut4.num_groups(self.cols, self.group_size)
+        cells = (rows_p // lut4.ROW_BLOCK, groups, lut4.ROW_BLOCK)
         specs = [("nibbles", p.nibbles, torch.uint8, (rows_p // lut4.ROW_BLOCK, kp // lut4.CHUNK, lut4.ROW_BLOCK, 32)),
-                 ("scales", p.scales, torch.float32, (rows_p // lut4.ROW_BLOCK, groups, lut4.ROW_BLOCK)),
-                 ("offsets", p.offsets, torch.float32, (rows_p // lut4.ROW_BLOCK, groups, lut4.ROW_BLOCK))]
+                 ("scales", p.scales, torch.float32, cells)]
+        if p.zeros is not None:
+            specs.append(("zeros", p.zeros, torch.uint8, cells))
+        if p.offsets is not None:
+            specs.append(("offsets", p.offsets, torch.float32, cells))
         if p.levels is not None:
             specs.append(("levels", p.levels, torch.uint8, (rows_p, groups, lut4.ENTRIES)))
         if p.table is not None:
