@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include "common.h"
+#include "sparseinfer/scratch.h"
 
 namespace sparseinfer {
 namespace {
@@ -205,13 +206,82 @@ void float_block(const PackedLut4& w, const Lut4FloatActs& x, int64_t t, int64_t
   store_block(w.rows, out, r0, nr, t, 1, sums, 1, 1);
 }
 
+// The 4 rows of row block rb as fp32 weights, dst [4][kp].
+template <bool TABLE>
+void dequantize_block(const PackedLut4& w, int64_t rb, float* dst) {
+  constexpr int R = kLut4RowBlock;
+  for_stretches(w, w.kp, [&](int64_t g, int64_t c0, int64_t c1) {
+    for (int r = 0; r < R; ++r) {
+      const int64_t cell = lut4_cell(w, rb, g) + r;
+      const __m256i zero = _mm256_set1_epi32(TABLE ? 0 : w.zeros[cell]);
+      const __m256 scale = _mm256_set1_ps(TABLE ? 1.f : w.scales[cell]);
+      __m256 tab_lo = _mm256_setzero_ps(), tab_hi = _mm256_setzero_ps();
+      if constexpr (TABLE) {
+        const float* tab = w.table + ((rb * R + r) * w.groups + g) * 16;
+        tab_lo = _mm256_loadu_ps(tab);
+        tab_hi = _mm256_loadu_ps(tab + 8);
+      }
+      float* row = dst + r * w.kp;
+      for (int64_t col = c0; col < c1; col += 32) {
+        const __m256i idx = indices32(lut4_chunk(w, rb, col / kLut4Chunk) + 32 * r, col);
+        const __m128i i0 = _mm256_castsi256_si128(idx), i1 = _mm256_extracti128_si256(idx, 1);
+        const __m128i pieces[4] = {i0, _mm_srli_si128(i0, 8), i1, _mm_srli_si128(i1, 8)};
+        for (int p = 0; p < 4; ++p) {
+          __m256 v = weights8<TABLE>(pieces[p], tab_lo, tab_hi, zero);
+          if constexpr (!TABLE) v = _mm256_mul_ps(v, scale);
+          _mm256_storeu_ps(row + col + 8 * p, v);
+        }
+      }
+    }
+  });
+}
+
+// Weight-only from m = 4: the row block is dequantized once, then 2 tokens x 4 rows of fp32 dot
+// products per pass (one FMA per 8 multiply-adds instead of a conversion per token).
+template <bool TABLE>
+void float_rows_dequantized(const PackedLut4& w, const Lut4FloatActs& x, int64_t m, int64_t rb,
+                            const LinearOutput& out) {
+  constexpr int R = kLut4RowBlock;
+  float* wf = scratch_floats(kKernelScratch, R * w.kp);
+  dequantize_block<TABLE>(w, rb, wf);
+  const int64_t r0 = rb * R, nr = w.rows - r0 < R ? w.rows - r0 : R;
+  int64_t t = 0;
+  for (; t < m; t += 2) {
+    const int T = m - t >= 2 ? 2 : 1;
+    __m256 acc[2][R];
+    for (int u = 0; u < 2; ++u)
+      for (int r = 0; r < R; ++r) acc[u][r] = _mm256_setzero_ps();
+    const float* x0 = x.x + t * w.kp;
+    const float* x1 = x0 + (T == 2 ? w.kp : 0);
+    for (int64_t c = 0; c < w.kp; c += 8) {
+      const __m256 a = _mm256_loadu_ps(x0 + c), b = _mm256_loadu_ps(x1 + c);
+      for (int r = 0; r < R; ++r) {
+        const __m256 wv = _mm256_loadu_ps(wf + r * w.kp + c);
+        acc[0][r] = _mm256_fmadd_ps(wv, a, acc[0][r]);
+        acc[1][r] = _mm256_fmadd_ps(wv, b, acc[1][r]);
+      }
+    }
+    for (int u = 0; u < T; ++u) {
+      float sums[R];
+      for (int r = 0; r < R; ++r) sums[r] = hsum(acc[u][r]);
+      store_block(w.rows, out, r0, nr, t + u, 1, sums, 1, 1);
+    }
+  }
+}
+
 void weight_only_avx2(const PackedLut4& w, const Lut4FloatActs& x, int64_t m, int64_t rb0, int64_t rb1,
                       const LinearOutput& out) {
-  for (int64_t rb = rb0; rb < rb1; ++rb)
+  for (int64_t rb = rb0; rb < rb1; ++rb) {
+    if (m >= kLut4DequantizeMinTokens) {
+      if (w.table) float_rows_dequantized<true>(w, x, m, rb, out);
+      else float_rows_dequantized<false>(w, x, m, rb, out);
+      continue;
+    }
     for (int64_t t = 0; t < m; ++t) {
       if (w.table) float_block<true>(w, x, t, rb, out);
       else float_block<false>(w, x, t, rb, out);
     }
+  }
 }
 
 }  // namespace

@@ -86,9 +86,11 @@ void lut4_linear(const Lut4LinearCall& call, int num_threads) {
 
   // A token holding a NaN or an inf cannot be quantized (its scale is not finite): its row is
   // recomputed with the float path, which propagates them as F.linear does.
-  for (int64_t t = 0; t < m; ++t) {
-    if (finite_scale(scale[t])) continue;
-    float* row = scratch_floats(kKernelScratch, w.kp);
+  std::vector<int64_t> nonfinite;
+  for (int64_t t = 0; t < m; ++t)
+    if (!finite_scale(scale[t])) nonfinite.push_back(t);
+  for (int64_t t : nonfinite) {
+    float* row = scratch_floats(kDriverScratch, w.kp);  // q and scale are no longer needed
     const int64_t dsize = dtype_size(call.out.dtype);
     rows_to_f32(call.out.dtype, static_cast<const char*>(call.x) + t * w.cols * dsize, 1, w.cols, w.kp, row);
     LinearOutput out = call.out;

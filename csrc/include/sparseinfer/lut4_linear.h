@@ -39,6 +39,9 @@ constexpr int64_t kLut4RowBlock = 4;
 constexpr int64_t kLut4Chunk = 64;  // columns per 32-byte chunk
 // |dot| <= 127 * 127 * K must fit an int32: K <= 133144.
 constexpr int64_t kLut4MaxCols = 131072;
+// Weight-only calls from this many tokens dequantize each row block once (scratch) instead of
+// converting indices per token.
+constexpr int64_t kLut4DequantizeMinTokens = 4;
 
 struct PackedLut4 {
   int64_t rows = 0, cols = 0;
