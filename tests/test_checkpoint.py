@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import sparseinfer
-from sparseinfer import CSRLinear, Int8Linear, Sparse24Linear
+from sparseinfer import CSRLinear, Int4Linear, Int8Linear, Sparse24Linear
 from sparseinfer.checkpoint import CheckpointError
 from sparseinfer.checkpoint.int_packing import pack_int32, unpack_int32
 from checkpoint_models import compressed_mlp, mlp, pruned_mlp
@@ -213,8 +213,8 @@ def test_load_casts_float_tensors_to_the_model_dtype(tmp_path):
 
 
 @pytest.mark.parametrize("group_size", [None, 32])
-def test_4_bit_pack_quantized_runs_as_int8_with_a_warning(tmp_path, group_size):
-    """A 4-bit checkpoint (as llm-compressor writes W4A16) loads onto the int8 kernels."""
+def test_4_bit_pack_quantized_runs_on_the_int4_kernels(tmp_path, group_size):
+    """A 4-bit checkpoint (as llm-compressor writes W4A16) loads into Int4Linear, silently."""
     rows, cols = 24, 64
     q = torch.randint(-8, 8, (rows, cols), dtype=torch.int8)
     groups = 1 if group_size is None else cols // group_size
@@ -226,9 +226,10 @@ def test_4_bit_pack_quantized_runs_as_int8_with_a_warning(tmp_path, group_size):
     qc = {"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {
         "group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": True, **strategy}}}}
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": qc}))
-    with pytest.warns(UserWarning, match="4-bit pack-quantized weights run on the int8 kernels"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         layer = sparseinfer.load(tmp_path, nn.Sequential(nn.Linear(cols, rows)))[0]
-    assert isinstance(layer, Int8Linear) and layer.act == "none"
+    assert isinstance(layer, Int4Linear) and layer.act == "none" and layer.group_size == group_size
     dense = q.float() * (scale if group_size is None else scale.repeat_interleave(group_size, 1))
     x = torch.randn(3, cols)
     torch.testing.assert_close(layer(x), x @ dense.T + bias, rtol=1e-5, atol=1e-5)

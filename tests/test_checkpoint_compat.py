@@ -17,7 +17,7 @@ from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfi
 from compressed_tensors.quantization.utils import calculate_qparams  # noqa: E402
 
 import sparseinfer  # noqa: E402
-from sparseinfer import CSRLinear, Int8Linear, Sparse24Linear  # noqa: E402
+from sparseinfer import CSRLinear, Int4Linear, Int8Linear, Sparse24Linear  # noqa: E402
 from sparseinfer.compress import prune_2_4  # noqa: E402
 
 CONFIG = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -149,10 +149,12 @@ def test_load_their_int8_checkpoint(tmp_path, fmt, group_size, w8a8):
     _assert_outputs_match(ours, theirs, w8a8)
 
 
-def test_load_their_4_bit_checkpoint_warns_and_matches(tmp_path):
+def test_load_their_4_bit_checkpoint_into_int4_layers(tmp_path):
     _write_quantized(tmp_path, "pack-quantized", bits=4, group_size=32, w8a8=False)
-    with pytest.warns(UserWarning, match=r"4-bit pack-quantized weights run on the int8 kernels.*; 14 layers"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         ours = sparseinfer.load(tmp_path)
+    assert {(type(m), m.act, m.group_size) for m in _projections(ours).values()} == {(Int4Linear, "none", 32)}
     theirs = _decompressed_by_compressed_tensors(tmp_path)
     _assert_same_weights(ours, theirs)
     torch.testing.assert_close(_logits(ours, IDS), _logits(theirs, IDS), rtol=1e-3, atol=1e-4)

@@ -26,6 +26,8 @@ def checkpoints(tmp_path_factory):
             ("csr", "csr", {}, {}), ("2:4", "2:4", {}, {}), ("int8", "int8", {}, {}),
             ("int8-group-weight-only", "int8", {"act": "none", "group_size": 32}, {}),
             ("pack8", "int8", {}, {"quant_format": "pack-quantized"}),
+            ("int4-asym", "int4", {"group_size": 32, "symmetric": False}, {}),
+            ("codebook", "codebook", {"group_size": 32}, {}),
             ("sharded-csr", "csr", {}, {"max_shard_size": 8000})]:
         directory = root / name
         sparseinfer.save(compressed_mlp(fmt, **options), directory, **save_options)

@@ -22,10 +22,13 @@ VALUES = [None, True, False, 0, 1, -1, 2, 3, 4, 7, 8, 16, 32, 33, 2**31 - 1, 2**
           "Linear", "re:.*", "re:(", "re:[", "re:(.*)*X", "re:(a|a)*b", "re:(\\w+\\.?)+!",
           "re:" + "(.?)" * 25 + ".{25}",
           "sparse-bitmask", "sparse-24-bitmask", "int-quantized", "pack-quantized", "dense", "naive-quantized",
-          "float-quantized", "marlin-24", "nvfp4-pack-quantized", "channel", "group", "tensor", "token", "block",
+          "float-quantized", "marlin-24", "nvfp4-pack-quantized", "mixed-precision", "sparseinfer-codebook",
+          "channel", "group", "tensor", "token", "block",
           "int", "float", "static", "dynamic", "compressed-tensors", "\u0000", "\u00e9\u4e2d", "x" * 100_000,
           [], {}, [None], ["re:.*"], ["Linear"], ["lm_head"], [1, 2], {"weights": {}}, {"": None},
           {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"},
+          {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 32},
+          {"version": 1, "index_bits": 4, "entries": 16, "config_groups": {"group_0": {"group_size": None}}},
           _DEEP + "[", _DEEP + "{", [0] * 200_000]
 
 

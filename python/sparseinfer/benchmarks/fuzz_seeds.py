@@ -1,5 +1,6 @@
 """The tiny, real checkpoints `sparseinfer fuzz-load` mutates: one per stored layout (sparse-bitmask,
-sparse-24-bitmask, int-quantized per channel and per group, pack-quantized, dense, a sharded one)
+sparse-24-bitmask, int-quantized per channel and per group, pack-quantized 8-bit and 4-bit
+asymmetric, sparseinfer-codebook, dense, a sharded one)
 and, when transformers is installed, a 1-layer Llama with mixed csr + int8 layers loaded from its
 own config.json. Deterministic: the same bytes on every run (fixed seeds, no timestamps)."""
 from __future__ import annotations
@@ -103,6 +104,8 @@ def seeds() -> dict[str, Seed]:
         _mlp_seed("int8", "int8"),
         _mlp_seed("int8-group-weight-only", "int8", act="none", group_size=32),
         _mlp_seed("pack8", "int8", save_options={"quant_format": "pack-quantized"}),
+        _mlp_seed("int4-asym", "int4", group_size=32, symmetric=False),
+        _mlp_seed("codebook", "codebook", group_size=32),
         _mlp_seed("dense", None),
         _mlp_seed("sharded-csr", "csr", save_options={"max_shard_size": 8000}),
     ]

@@ -3,7 +3,17 @@ JSON into the per-layer facts a load needs, and built for a save.
 
 Targets and ignore lists follow compressed-tensors: an entry matches a module by exact name, by
 ``re:<regex>`` (re.match on the name) or by a class name in the module's MRO; our layers and
-Hugging Face Conv1D also match ``Linear``."""
+Hugging Face Conv1D also match ``Linear``.
+
+Codebook layers (sparseinfer's own layout, not a compressed-tensors one) are a config group of
+format ``sparseinfer-codebook`` with ``weights: null`` (their values are per-row tables, not a
+uniform grid) plus the versioned section ``quantization_config.sparseinfer_codebook``::
+
+    "sparseinfer_codebook": {"version": 1, "index_bits": 4, "entries": 16,
+                             "config_groups": {"group_2": {"group_size": 64}}}
+
+(``group_size`` null: one table per output channel). compressed-tensors, transformers and vLLM
+refuse the unknown group format instead of loading those layers wrongly."""
 from __future__ import annotations
 
 import re
@@ -24,9 +34,15 @@ NAIVE_QUANTIZED = "naive-quantized"
 PACK_QUANTIZED = "pack-quantized"
 # what a sparsity_config may name: dense, or the layout of a registered format
 SPARSITY_FORMATS = (DENSE,) + tuple(s.sparsity_format for s in registry.FORMATS.values() if s.sparsity_format)
-QUANT_FORMATS = (INT_QUANTIZED, NAIVE_QUANTIZED, PACK_QUANTIZED)
+MIXED_PRECISION = "mixed-precision"  # the top-level format when config groups differ in format
+CODEBOOK = "sparseinfer-codebook"  # sparseinfer's codebook layout (a config group format)
+CODEBOOK_SECTION = "sparseinfer_codebook"
+CODEBOOK_VERSION = 1
+CODEBOOK_INDEX_BITS = 4
+CODEBOOK_ENTRIES = 16
+QUANT_FORMATS = (INT_QUANTIZED, NAIVE_QUANTIZED, PACK_QUANTIZED, CODEBOOK)
 # formats compressed-tensors knows that we do not run (named in the error, not "unknown")
-KNOWN_UNSUPPORTED = ("float-quantized", "marlin-24", "mixed-precision", "nvfp4-pack-quantized",
+KNOWN_UNSUPPORTED = ("float-quantized", "marlin-24", MIXED_PRECISION, "nvfp4-pack-quantized",
                      "mxfp4-pack-quantized")
 STRATEGIES = ("tensor", "channel", "group")
 
@@ -107,8 +123,11 @@ class WeightScheme:
     act_note: Optional[str]      # why our activation handling differs from the file's, if it does
 
 
-def _weight_scheme(group: dict, path: str, default_format: Optional[str]) -> Optional[WeightScheme]:
+def _weight_scheme(group: dict, path: str, default_format: Optional[str],
+                   codebook: dict[str, Optional[int]]) -> Optional[WeightScheme]:
     fmt = _get(group, "format", path, str, default_format)
+    if fmt == CODEBOOK:
+        return _codebook_scheme(group, path, codebook)
     weights = _get(group, "weights", path, dict)
     if weights is None:
         return None
@@ -135,6 +154,71 @@ def _weight_scheme(group: dict, path: str, default_format: Optional[str]) -> Opt
     act, note = _activation_mode(_get(group, "input_activations", path, dict), path + "input_activations")
     return WeightScheme(fmt, bits, strategy, group_size if strategy == "group" else None,
                         _get(weights, "symmetric", wpath, bool, True), act, note)
+
+
+def _codebook_scheme(group: dict, path: str, codebook: dict[str, Optional[int]]) -> WeightScheme:
+    """A sparseinfer-codebook config group: no uniform weight args; its table grouping comes
+    from the sparseinfer_codebook section (parsed and validated beforehand)."""
+    if group.get("weights") is not None:
+        raise CheckpointError(f"{_where(path + 'weights')} must be null for format {CODEBOOK!r} (codebook "
+                              f"weights are per-row tables, not a uniform grid; their layout is in "
+                              f"quantization_config.{CODEBOOK_SECTION})")
+    gname = path[len("config_groups."):-1]
+    if gname not in codebook:
+        raise CheckpointError(f"{_where(path[:-1])} has format {CODEBOOK!r}, but "
+                              f"quantization_config.{CODEBOOK_SECTION}.config_groups has no entry {gname!r}")
+    group_size = codebook[gname]
+    act, note = _activation_mode(_get(group, "input_activations", path, dict), path + "input_activations")
+    return WeightScheme(CODEBOOK, CODEBOOK_INDEX_BITS, "channel" if group_size is None else "group", group_size,
+                        True, act, note)
+
+
+def _codebook_section(qc: dict, codebook_groups: list[str]) -> dict[str, Optional[int]]:
+    """The validated ``sparseinfer_codebook`` section: config group name -> group_size (None: per
+    channel). Required exactly when a config group has format sparseinfer-codebook."""
+    from ..formats.lut4 import GROUP_MULTIPLE
+    section = _get(qc, CODEBOOK_SECTION, "", dict)
+    if section is None:
+        if codebook_groups:
+            raise CheckpointError(f"{_where(CODEBOOK_SECTION)} is missing (config_groups.{codebook_groups[0]} has "
+                                  f"format {CODEBOOK!r}; the section holds its layout version and grouping)")
+        return {}
+    path = CODEBOOK_SECTION + "."
+    known = ("version", "index_bits", "entries", "config_groups")
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise CheckpointError(f"{_where(path + unknown[0])} is not a version-{CODEBOOK_VERSION} key "
+                              f"(known: {list(known)})")
+    version = _get(section, "version", path, int, required=True)
+    if version != CODEBOOK_VERSION:
+        raise CheckpointError(f"{_where(path + 'version')} is {version}; this sparseinfer reads codebook layout "
+                              f"version {CODEBOOK_VERSION}" + (" (the checkpoint is newer: upgrade sparseinfer)"
+                                                               if version > CODEBOOK_VERSION else ""))
+    for key, want in (("index_bits", CODEBOOK_INDEX_BITS), ("entries", CODEBOOK_ENTRIES)):
+        got = _get(section, key, path, int, required=True)
+        if got != want:
+            raise CheckpointError(f"{_where(path + key)} is {got}; codebook layout version {CODEBOOK_VERSION} "
+                                  f"has {want}")
+    groups = _get(section, "config_groups", path, dict, required=True)
+    out: dict[str, Optional[int]] = {}
+    for gname, entry in groups.items():
+        gpath = f"{path}config_groups.{gname}."
+        if gname not in codebook_groups:
+            raise CheckpointError(f"{_where(gpath[:-1])} names no config group of format {CODEBOOK!r}")
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{_where(gpath[:-1])} must be an object")
+        unknown = sorted(set(entry) - {"group_size"})
+        if unknown:
+            raise CheckpointError(f"{_where(gpath + unknown[0])} is not a version-{CODEBOOK_VERSION} key "
+                                  "(known: ['group_size'])")
+        if "group_size" not in entry:
+            raise CheckpointError(f"{_where(gpath + 'group_size')} is missing (null: one table per output channel)")
+        group_size = _get(entry, "group_size", gpath, int)
+        if group_size is not None and (group_size <= 0 or group_size % GROUP_MULTIPLE):
+            raise CheckpointError(f"{_where(gpath + 'group_size')} is {group_size}; it must be null (per channel) "
+                                  f"or a positive multiple of {GROUP_MULTIPLE}")
+        out[gname] = group_size
+    return out
 
 
 def _activation_mode(acts: Optional[dict], path: str) -> tuple[str, Optional[str]]:
@@ -181,14 +265,22 @@ class CompressionConfig:
                                   f"{QUANT_METHOD!r} checkpoints")
         default_format = _get(qc, "format", "", str)
         if default_format is not None and default_format != DENSE:
-            _check_format(default_format, "format", QUANT_FORMATS + ("mixed-precision",))
-        groups = []
-        for gname, group in (_get(qc, "config_groups", "", dict, {}) or {}).items():
-            path = f"config_groups.{gname}."
+            _check_format(default_format, "format", QUANT_FORMATS + (MIXED_PRECISION,))
+        group_default = None if default_format in (None, DENSE, MIXED_PRECISION) else default_format
+        config_groups = _get(qc, "config_groups", "", dict, {}) or {}
+        for gname, group in config_groups.items():
             if not isinstance(group, dict):
-                raise CheckpointError(f"{_where(path[:-1])} must be an object")
-            scheme = _weight_scheme(group, path, None if default_format in (None, DENSE, "mixed-precision")
-                                    else default_format)
+                raise CheckpointError(f"{_where(f'config_groups.{gname}')} must be an object")
+            fmt = _get(group, "format", f"config_groups.{gname}.", str)
+            if fmt is not None:
+                _check_format(fmt, f"config_groups.{gname}.format", QUANT_FORMATS)
+        codebook = _codebook_section(qc, [g for g, group in config_groups.items()
+                                          if _get(group, "format", f"config_groups.{g}.", str, group_default)
+                                          == CODEBOOK])
+        groups = []
+        for gname, group in config_groups.items():
+            path = f"config_groups.{gname}."
+            scheme = _weight_scheme(group, path, group_default, codebook)
             if scheme is not None:
                 groups.append((_names(group, "targets", path), scheme))
         sc = _get(qc, "sparsity_config", "", dict, {}) or {}
@@ -207,12 +299,33 @@ class CompressionConfig:
         return None
 
 
-def build(sparse: dict[str, tuple[str, list[str]]], quantized: dict[tuple[str, Optional[int]], list[str]],
-          quant_format: str, global_sparsity: float) -> Optional[dict]:
+def quant_key(scheme: tuple) -> tuple[str, Optional[int], int, bool]:
+    """A registry quant_scheme, (act, group_size) for int8 or (act, group_size, bits, symmetric),
+    as (act, group_size, bits, symmetric)."""
+    if len(scheme) == 2:
+        return (scheme[0], scheme[1], 8, True)
+    act, group_size, bits, symmetric = scheme
+    return (act, group_size, int(bits), bool(symmetric))
+
+
+def _activation_args(act: str) -> Optional[dict]:
+    return None if act == "none" else {
+        "num_bits": 8, "type": "int", "symmetric": True, "dynamic": True, "strategy": "token",
+        "group_size": None, "actorder": None, "block_structure": None, "observer": None, "observer_kwargs": {}}
+
+
+def build(sparse: dict[str, tuple[str, list[str]]], quantized: dict[tuple, list[str]],
+          quant_format: str, global_sparsity: float,
+          codebook: Optional[dict[tuple[str, Optional[int]], list[str]]] = None) -> Optional[dict]:
     """``quantization_config`` for a save. `sparse` maps a sparsity format to its sparsity
-    structure and layer names (one format per checkpoint), `quantized` maps (act, group_size) to
-    int8 layer names."""
-    if not sparse and not quantized:
+    structure and layer names (one format per checkpoint), `quantized` maps a registry
+    quant_scheme ((act, group_size) for int8, (act, group_size, bits, symmetric) otherwise) to
+    layer names, `codebook` maps (act, group_size) to codebook layer names. `quant_format` is
+    the format of the 8-bit groups; other widths are always pack-quantized. One config group per
+    distinct scheme, each naming its format; the top-level format is the common one, or
+    mixed-precision when they differ."""
+    codebook = codebook or {}
+    if not sparse and not quantized and not codebook:
         return None
     qc: dict[str, Any] = {"quant_method": QUANT_METHOD, "version": LAYOUT_VERSION, "transform_config": {}}
     if sparse:
@@ -223,18 +336,29 @@ def build(sparse: dict[str, tuple[str, list[str]]], quantized: dict[tuple[str, O
             "registry_requires_subclass": False}
     else:
         qc["sparsity_config"] = {}
-    if quantized:
+    if quantized or codebook:
+        merged: dict[tuple, list[str]] = {}
+        for scheme, names in quantized.items():
+            merged.setdefault(quant_key(scheme), []).extend(names)
         groups = {}
-        for i, ((act, group_size), names) in enumerate(sorted(quantized.items(), key=lambda kv: str(kv[0]))):
-            weights = {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": False,
+        for (act, group_size, bits, symmetric), names in sorted(merged.items(), key=lambda kv: str(kv[0])):
+            fmt = quant_format if bits == 8 else PACK_QUANTIZED
+            weights = {"num_bits": bits, "type": "int", "symmetric": symmetric, "dynamic": False,
                        "strategy": "channel" if group_size is None else "group", "group_size": group_size,
                        "actorder": None, "block_structure": None, "observer": "minmax", "observer_kwargs": {}}
-            acts = None if act == "none" else {
-                "num_bits": 8, "type": "int", "symmetric": True, "dynamic": True, "strategy": "token",
-                "group_size": None, "actorder": None, "block_structure": None, "observer": None,
-                "observer_kwargs": {}}
-            groups[f"group_{i}"] = {"targets": sorted(names), "weights": weights, "input_activations": acts,
-                                    "output_activations": None, "format": quant_format}
-        qc.update(config_groups=groups, format=quant_format, ignore=[], kv_cache_scheme=None,
-                  global_compression_ratio=None, quantization_status="compressed")
+            groups[f"group_{len(groups)}"] = {"targets": sorted(names), "weights": weights,
+                                              "input_activations": _activation_args(act),
+                                              "output_activations": None, "format": fmt}
+        tables = {}
+        for (act, group_size), names in sorted(codebook.items(), key=lambda kv: str(kv[0])):
+            gname = f"group_{len(groups)}"
+            groups[gname] = {"targets": sorted(names), "weights": None, "input_activations": _activation_args(act),
+                             "output_activations": None, "format": CODEBOOK}
+            tables[gname] = {"group_size": group_size}
+        if tables:
+            qc[CODEBOOK_SECTION] = {"version": CODEBOOK_VERSION, "index_bits": CODEBOOK_INDEX_BITS,
+                                    "entries": CODEBOOK_ENTRIES, "config_groups": tables}
+        formats = {g["format"] for g in groups.values()}
+        qc.update(config_groups=groups, format=formats.pop() if len(formats) == 1 else MIXED_PRECISION,
+                  ignore=[], kv_cache_scheme=None, global_compression_ratio=None, quantization_status="compressed")
     return qc

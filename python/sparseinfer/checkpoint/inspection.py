@@ -1,5 +1,6 @@
 """sparseinfer.inspect / `sparseinfer inspect DIR`: what a checkpoint holds, layer by layer
-(format, shape, sparsity, stored bytes vs the dense weight), without building a model."""
+(format, shape, sparsity, stored bytes vs the dense weight, stored bits per weight), without
+building a model."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from ..formats.bits import popcount
+from ..nn.canonical_state import CanonicalWeightModule
 from . import compression_config as cc
 from .errors import CheckpointError
 from .files import CONFIG_FILE, DTYPE_BYTES, TensorReader, read_json
@@ -35,6 +37,11 @@ class LayerInfo:
     def ratio(self) -> float:
         return self.dense_bytes / self.stored_bytes if self.stored_bytes else float("inf")
 
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight, scales / zero points / tables included (bias excluded)."""
+        return 8 * self.stored_bytes / max(1, self.shape[0] * self.shape[1])
+
 
 @dataclass
 class CheckpointInfo:
@@ -56,18 +63,21 @@ class CheckpointInfo:
         return self.dense_bytes / self.stored_bytes if self.stored_bytes else 1.0
 
     def to_dict(self) -> dict:
-        return {"directory": self.directory, "layers": [asdict(layer) for layer in self.layers],
+        return {"directory": self.directory,
+                "layers": [dict(asdict(layer), bits_per_weight=layer.bits_per_weight) for layer in self.layers],
                 "other_bytes": self.other_bytes, "stored_bytes": self.stored_bytes,
                 "dense_bytes": self.dense_bytes, "compression_ratio": self.compression_ratio}
 
     def __str__(self) -> str:
         width = max([5] + [len(layer.name) for layer in self.layers])
-        lines = [f"{'layer':{width}s} {'format':22s} {'shape':>12s} {'dtype':>5s} {'sparsity':>8s} "
-                 f"{'stored MB':>10s} {'dense MB':>10s} {'ratio':>6s}"]
+        fwidth = max([22] + [len(layer.format) for layer in self.layers])
+        lines = [f"{'layer':{width}s} {'format':{fwidth}s} {'shape':>12s} {'dtype':>5s} {'sparsity':>8s} "
+                 f"{'stored MB':>10s} {'dense MB':>10s} {'ratio':>6s} {'bits/w':>6s}"]
         for l in self.layers:
-            lines.append(f"{l.name:{width}s} {l.format:22s} {f'{l.shape[0]}x{l.shape[1]}':>12s} {l.dtype:>5s} "
-                         f"{l.sparsity:8.3f} {l.stored_bytes / 1e6:10.3f} {l.dense_bytes / 1e6:10.3f} {l.ratio:6.2f}")
-        lines.append(f"{'other tensors':{width}s} {'as stored':22s} {'':>12s} {'':>5s} {'':>8s} "
+            lines.append(f"{l.name:{width}s} {l.format:{fwidth}s} {f'{l.shape[0]}x{l.shape[1]}':>12s} {l.dtype:>5s} "
+                         f"{l.sparsity:8.3f} {l.stored_bytes / 1e6:10.3f} {l.dense_bytes / 1e6:10.3f} {l.ratio:6.2f} "
+                         f"{l.bits_per_weight:6.2f}")
+        lines.append(f"{'other tensors':{width}s} {'as stored':{fwidth}s} {'':>12s} {'':>5s} {'':>8s} "
                      f"{self.other_bytes / 1e6:10.3f} {self.other_bytes / 1e6:10.3f}")
         lines.append(f"total: {self.stored_bytes / 1e6:.3f} MB stored vs {self.dense_bytes / 1e6:.3f} MB dense, "
                      f"compression ratio {self.compression_ratio:.2f}x ({len(self.layers)} weight matrices)")
@@ -111,22 +121,28 @@ def _describe(reader: TensorReader, prefix: str, leaves: set[str], config: cc.Co
             return None  # a norm, an embedding table in another dtype, ...: stored as-is
         stored = reader.nbytes(key("weight"))
         return _info(prefix, cc.DENSE, *shape, dtype, _zeros(reader.get(key("weight"))), stored)
-    rows, cols, dtype = _validated(reader, prefix, kind, config)
+    rows, cols, dtype, layer = _validated(reader, prefix, kind, config)
     stored = sum(reader.nbytes(key(leaf)) for leaf in leaves if leaf != "bias")
     if kind == "sparse":
         nnz = int(popcount(reader.get(key("bitmask"))).sum())
         fmt = config.sparsity_format
         return _info(prefix, fmt, rows, cols, dtype, 1 - nnz / max(1, rows * cols), stored)
     scheme = config.scheme_for(prefix, _linear(rows, cols, False, torch.float32))
+    if scheme.format == cc.CODEBOOK:
+        return _info(prefix, cc.CODEBOOK, rows, cols, dtype, _weight_zeros(layer), stored)
+    if kind == "packed" and scheme.num_bits == 4:
+        fmt = f"{cc.PACK_QUANTIZED} int4" + ("" if f"{prefix}.weight_zero_point" not in reader else " asym")
+        return _info(prefix, fmt, rows, cols, dtype, _weight_zeros(layer), stored)
     if kind == "packed":
         q = unpack_int32(reader.get(key("weight_packed")), scheme.num_bits, cols, key("weight_packed"))
         return _info(prefix, f"{cc.PACK_QUANTIZED} int{scheme.num_bits}", rows, cols, dtype, _zeros(q), stored)
     return _info(prefix, f"{cc.INT_QUANTIZED} int8", rows, cols, dtype, _zeros(reader.get(key("weight"))), stored)
 
 
-def _validated(reader: TensorReader, name: str, kind: str, config: cc.CompressionConfig) -> tuple[int, int, str]:
-    """(rows, cols, float dtype of the weight it stands for) of a compressed layer, after the
-    load's validation of every array of it (shapes, counts, index ranges, scales, bias)."""
+def _validated(reader: TensorReader, name: str, kind: str, config: cc.CompressionConfig):
+    """(rows, cols, float dtype of the weight it stands for, the decoded layer) of a compressed
+    layer, after the load's validation of every array of it (shapes, counts, index ranges,
+    scales, bias)."""
     if kind == "sparse":
         rows, cols = stored_shape(reader, f"{name}.shape")
         dtype = reader.shape_dtype(f"{name}.compressed")[1]
@@ -146,13 +162,20 @@ def _validated(reader: TensorReader, name: str, kind: str, config: cc.Compressio
         module = _linear(rows, cols, f"{name}.bias" in reader, torch_dtype)
     except RuntimeError as exc:  # a stated shape no tensor can have (its size overflows)
         raise CheckpointError(f"layer {name}: stated weight shape {(rows, cols)} is impossible ({exc})") from None
-    decode_layer(reader, name, module, kind, config, DEFAULT_MIN_SPARSITY, Notes())
-    return rows, cols, dtype
+    layer = decode_layer(reader, name, module, kind, config, DEFAULT_MIN_SPARSITY, Notes())
+    return rows, cols, dtype, layer
 
 
 def _linear(rows: int, cols: int, bias: bool, dtype: torch.dtype) -> nn.Module:
     """A stand-in for the model's Linear (no memory): what load's decoding checks against."""
     return nn.Linear(cols, rows, bias=bias, device="meta", dtype=dtype)
+
+
+def _weight_zeros(layer: nn.Module) -> float:
+    """The fraction of exact zeros in a decoded layer's weight (one of ours, or a dense fallback)."""
+    if isinstance(layer, CanonicalWeightModule):
+        return layer.sparsity
+    return _zeros(layer.weight)
 
 
 def _zeros(t: torch.Tensor) -> float:

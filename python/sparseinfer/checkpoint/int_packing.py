@@ -31,9 +31,28 @@ def unpack_int32(packed: torch.Tensor, bits: int, cols: int, name: str) -> torch
         raise CheckpointError(f"tensor {name}: {packed.shape[1]} int32 per row, but {cols} columns of {bits} bits "
                               f"need {packed_width(cols, bits)}")
     rows = packed.shape[0]
-    as_bytes = packed.contiguous().view(torch.uint8).view(rows, packed.shape[1] * 4)  # little-endian: low byte first
+    if packed.numel() == 0:  # no rows, or no columns
+        return torch.zeros(rows, cols, dtype=torch.int8)
+    as_bytes = packed.contiguous().view(torch.uint8).reshape(rows, packed.shape[1] * 4)  # little-endian: low byte first
     if bits == 8:
         unsigned = as_bytes
     else:  # 4 bits: low nibble first
-        unsigned = torch.stack((as_bytes & 0xF, as_bytes >> 4), dim=-1).view(rows, -1)
+        unsigned = torch.stack((as_bytes & 0xF, as_bytes >> 4), dim=-1).reshape(rows, packed.shape[1] * 8)
     return (unsigned[:, :cols].to(torch.int16) - (1 << (bits - 1))).to(torch.int8)
+
+
+def pack_int32_dim0(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """int8 [rows, cols] -> int32 [ceil(rows * b / 32), cols], packed along dim 0 (the layout
+    compressed-tensors 0.14 uses for pack-quantized ``weight_zero_point``: word i of column c
+    holds rows 32/b * i ... in ascending bit order, each stored as value + 2^(b-1))."""
+    return pack_int32(q.t(), bits).t().contiguous()
+
+
+def unpack_int32_dim0(packed: torch.Tensor, bits: int, rows: int, cols: int, name: str) -> torch.Tensor:
+    """Inverse of pack_int32_dim0 for a [rows, cols] array, validating the untrusted tensor."""
+    want = (packed_width(rows, bits), cols)
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.int32 or tuple(packed.shape) != want:
+        got = f"{packed.dtype} of shape {tuple(packed.shape)}" if isinstance(packed, torch.Tensor) else repr(packed)
+        raise CheckpointError(f"tensor {name}: must be int32 of shape {want} ({rows} rows x {cols} groups of "
+                              f"{bits}-bit values packed along dim 0, as compressed-tensors stores them), got {got}")
+    return unpack_int32(packed.t().contiguous(), bits, rows, name).t().contiguous()

@@ -1,7 +1,7 @@
 """One Linear's stored tensors -> the layer that runs them: the layer of the registered format
-whose layout they are in (CSRLinear / Sparse24Linear / Int8Linear today), or a dense weight where
-no kernel of ours pays. Every array is validated here, once, before a kernel sees it; errors name
-the tensor."""
+whose layout they are in (CSRLinear / Sparse24Linear / Int8Linear / Int4Linear / CodebookLinear
+today), or a dense weight where no kernel of ours pays. Every array is validated here, once,
+before a kernel sees it; errors name the tensor."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -16,11 +16,12 @@ from ..formats import FormatError
 from ..formats import host
 from ..formats.bits import unpack_bits
 from ..formats.int8 import GROUP_MULTIPLE, MAX_COLS
+from ..formats.lut4 import MAX_COLS as LUT4_MAX_COLS
 from ..nn.linear_like import is_hf_conv1d, linear_features
 from . import compression_config as cc
 from .errors import CheckpointError
 from .files import TensorReader
-from .int_packing import unpack_int32
+from .int_packing import unpack_int32, unpack_int32_dim0
 
 SPARSE_KEYS = ("shape", "compressed", "bitmask")
 # Above this sparsity CSR beats the 2:4 kernel even on a 2:4-compatible weight.
@@ -118,7 +119,8 @@ def decode_layer(reader: TensorReader, name: str, module: nn.Module, kind: str, 
     except CheckpointError:
         raise
     except FormatError as exc:
-        stored = {"qweight": "weight_packed" if kind == "packed" else "weight", "scale": "weight_scale"}
+        values = "weight_packed" if kind == "packed" else "weight"
+        stored = {"qweight": values, "q": values, "indices": values, "scale": "weight_scale"}
         key = stored.get(exc.array, exc.array)
         raise CheckpointError(f"tensor {name}.{key}: {exc.detail}" if key else f"layer {name}: {exc}") from None
 
@@ -187,6 +189,11 @@ def _decode_quantized(reader, name, module, features, kind, config, notes) -> nn
     if scheme is None:
         raise CheckpointError(f"tensor {key} is quantized, but no config_groups entry of config.json "
                               f"quantization_config targets layer {name}")
+    if scheme.format == cc.CODEBOOK:
+        return _decode_codebook(reader, name, module, features, kind, scheme, notes)
+    if f"{name}.weight_codebook" in reader:
+        raise CheckpointError(f"tensor {name}.weight_codebook is stored, but the config names {scheme.format!r} "
+                              f"for {name} (codebook layers are a {cc.CODEBOOK!r} config group)")
     rows, cols = features
     if kind == "packed":
         if scheme.format != cc.PACK_QUANTIZED:
@@ -211,31 +218,83 @@ def _decode_quantized(reader, name, module, features, kind, config, notes) -> nn
         scale = scale.reshape(1, 1).expand(rows, 1).contiguous()
     dtype = _float_dtype(module, scale.dtype)
     bias = _bias(reader, name, module, rows, dtype)
-    zero_point = reader.optional(f"{name}.weight_zero_point")
-    asymmetric = not scheme.symmetric or (zero_point is not None and bool((zero_point != 0).any()))
     group_size = scheme.group_size
-    if group_size is not None and group_size > cols:
+    if group_size is not None and (group_size > cols or (scheme.num_bits == 4 and group_size >= cols)):
         group_size = None  # one group per row: per channel
-    runs_int8 = not asymmetric and cols <= MAX_COLS and (group_size is None or group_size % GROUP_MULTIPLE == 0)
+    scale = _per_group(scale, rows, cols, group_size, name)
+    zero_point = _zero_points(reader, name, kind, scheme, scale.shape)
     if scheme.num_bits == 4:
-        notes.add("4-bit pack-quantized weights run on the int8 kernels (the same values, stored in "
-                  "8 bits: no int4 kernel yet)" if runs_int8 else
-                  "4-bit pack-quantized weights are dequantized to dense", name)
-    if scheme.act_note and runs_int8:
-        notes.add(scheme.act_note, name)
+        return _decode_4_bit(name, module, q, scale, zero_point, group_size, dtype, bias, scheme, notes)
+    asymmetric = not scheme.symmetric or (zero_point is not None and bool((zero_point != 0).any()))
+    runs_int8 = not asymmetric and cols <= MAX_COLS and (group_size is None or group_size % GROUP_MULTIPLE == 0)
     if runs_int8:
-        spec = registry.for_quant_bits(scheme.num_bits)
-        weight = spec.format_cls.from_quantized(q, _per_group(scale, rows, cols, group_size, name), group_size,
-                                                dtype=dtype)
+        if scheme.act_note:
+            notes.add(scheme.act_note, name)
+        spec = registry.for_quant_bits(8)
+        weight = spec.format_cls.from_quantized(q, scale, group_size, dtype=dtype)
         return _with_weight(spec.layer_cls, weight, bias, dtype, act=scheme.act)
-    if asymmetric and kind == "packed":
-        raise CheckpointError(f"layer {name}: asymmetric pack-quantized weights are not supported")
     why = ("asymmetric" if asymmetric else f"in_features {cols} > {MAX_COLS}" if cols > MAX_COLS
            else f"group_size {group_size} is not a multiple of {GROUP_MULTIPLE}")
     notes.add(f"quantized weights that the int8 kernels cannot run ({why}) are dequantized to dense", name)
-    scale = _per_group(scale, rows, cols, group_size, name)
-    zp = torch.zeros_like(scale) if zero_point is None else _zero_points(zero_point, scale.shape, name)
+    zp = torch.zeros_like(scale) if zero_point is None else zero_point.float()
     return _fill_dense(module, _dequantize(q, scale, zp, group_size).to(dtype), bias)
+
+
+def _decode_4_bit(name, module, q, scale, zero_point, group_size, dtype, bias, scheme, notes) -> nn.Module:
+    """4-bit weights onto the int4 lookup kernels (symmetric or asymmetric, per channel or per
+    group of a multiple of 32 columns), else dequantized to dense."""
+    rows, cols = q.shape
+    spec = registry.for_quant_bits(4)
+    why = (f"in_features {cols} > {LUT4_MAX_COLS}" if cols > LUT4_MAX_COLS
+           else f"group_size {group_size} is not a multiple of {GROUP_MULTIPLE}"
+           if group_size is not None and group_size % GROUP_MULTIPLE else
+           "no 4-bit format is registered" if spec is None else None)
+    if why is None:
+        if scheme.act_note:
+            notes.add(scheme.act_note, name)
+        weight = spec.format_cls.from_quantized(q, scale, zero_point, group_size, dtype)
+        return _with_weight(spec.layer_cls, weight, bias, dtype, act=scheme.act)
+    notes.add(f"4-bit weights that the int4 kernels cannot run ({why}) are dequantized to dense", name)
+    zp = torch.zeros_like(scale) if zero_point is None else zero_point.float()
+    return _fill_dense(module, _dequantize(q, scale, zp, group_size).to(dtype), bias)
+
+
+def _decode_codebook(reader, name, module, features, kind, scheme, notes) -> nn.Module:
+    """A sparseinfer-codebook layer: weight_packed (4-bit indices, pack-quantized packing),
+    weight_codebook [rows, groups, 16] and weight_shape, into the codebook format's layer."""
+    rows, cols = features
+    if kind != "packed":
+        raise CheckpointError(f"layer {name}: the config names {cc.CODEBOOK!r}, which stores weight_packed, "
+                              f"weight_codebook and weight_shape, but {name}.weight_packed is missing")
+    for extra in ("weight_scale", "weight_zero_point", "weight_g_idx"):
+        if f"{name}.{extra}" in reader:
+            raise CheckpointError(f"tensor {name}.{extra} is stored, but {cc.CODEBOOK} layers have none "
+                                  "(their tables hold the values)")
+    key = f"{name}.weight_packed"
+    checked_shape(name, stored_shape(reader, f"{name}.weight_shape"), features, "weight_shape")
+    q = unpack_int32(reader.get(key), cc.CODEBOOK_INDEX_BITS, cols, key)
+    checked_shape(name, tuple(q.shape), features, "weight_packed")
+    indices = (q.to(torch.int16) + 8).to(torch.uint8)
+    table = reader.get(f"{name}.weight_codebook")
+    if table.dtype not in FLOAT_DTYPES:
+        raise CheckpointError(f"tensor {name}.weight_codebook: dtype must be one of {FLOAT_DTYPES}, got {table.dtype}")
+    group_size = scheme.group_size
+    if group_size is not None and group_size >= cols:
+        group_size = None  # one table per row
+    dtype = _float_dtype(module, table.dtype)
+    bias = _bias(reader, name, module, rows, dtype)
+    spec = registry.get("codebook")
+    if cols > LUT4_MAX_COLS:
+        spec.format_cls._check_table(table, rows, cols, group_size)
+        notes.add(f"codebook weights that the lookup kernels cannot run (in_features > {LUT4_MAX_COLS}) are "
+                  "expanded to dense", name)
+        col_group = torch.arange(cols) // (cols if group_size is None else group_size)
+        dense = table.float()[torch.arange(rows).unsqueeze(1), col_group.unsqueeze(0), indices.to(torch.int64)]
+        return _fill_dense(module, dense.to(dtype), bias)
+    if scheme.act_note:
+        notes.add(scheme.act_note, name)
+    weight = spec.format_cls.from_indices(indices, table, group_size, dtype)
+    return _with_weight(spec.layer_cls, weight, bias, dtype, act=scheme.act)
 
 
 def _per_group(scale: torch.Tensor, rows: int, cols: int, group_size: Optional[int], name: str) -> torch.Tensor:
@@ -253,11 +312,31 @@ def _per_group(scale: torch.Tensor, rows: int, cols: int, group_size: Optional[i
     return scale
 
 
-def _zero_points(zero_point: torch.Tensor, shape, name: str) -> torch.Tensor:
-    if zero_point.dtype.is_floating_point or zero_point.numel() != shape[0] * shape[1]:
-        raise CheckpointError(f"tensor {name}.weight_zero_point: must be an integer tensor with {shape[0] * shape[1]} "
-                              f"values, got {zero_point.dtype} of shape {tuple(zero_point.shape)}")
-    return zero_point.reshape(shape).float()
+def _zero_points(reader, name: str, kind: str, scheme: cc.WeightScheme, shape) -> Optional[torch.Tensor]:
+    """The stored zero points as int8 [rows, groups], validated, or None if none are stored.
+    pack-quantized group / channel zero points are int32 packed along dim 0 (compressed-tensors'
+    layout); otherwise one integer per (row, group) (or one per tensor)."""
+    key = f"{name}.weight_zero_point"
+    rows, groups = shape
+    stored = reader.optional(key)
+    packed_dim0 = kind == "packed" and scheme.strategy in ("group", "channel")
+    if stored is None:
+        if packed_dim0 and not scheme.symmetric:
+            raise CheckpointError(f"tensor {key} is missing (the config says the weights of {name} are "
+                                  "asymmetric)")
+        return None
+    bits = scheme.num_bits
+    if packed_dim0:
+        return unpack_int32_dim0(stored, bits, rows, groups, key)
+    if stored.dtype.is_floating_point or stored.dtype == torch.bool or stored.numel() not in (rows * groups, 1) \
+            or (stored.numel() == 1 and scheme.strategy != "tensor" and rows * groups != 1):
+        raise CheckpointError(f"tensor {key}: must be an integer tensor with {rows * groups} values, "
+                              f"got {stored.dtype} of shape {tuple(stored.shape)}")
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if bool(((stored < low) | (stored > high)).any()):
+        raise CheckpointError(f"tensor {key}: values must lie in [{low}, {high}] for {bits}-bit weights")
+    return stored.reshape(-1, 1).expand(rows, groups).to(torch.int8) if stored.numel() == 1 \
+        else stored.reshape(shape).to(torch.int8)
 
 
 def _dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: Optional[int]) -> torch.Tensor:

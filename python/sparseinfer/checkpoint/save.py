@@ -1,7 +1,9 @@
 """sparseinfer.save: a model with our layers -> safetensors + config.json in the compressed-tensors
 layout (each registered format's layers as its sparsity format, e.g. sparse-bitmask or
-sparse-24-bitmask, and/or its quantization scheme, int-quantized or 8-bit pack-quantized;
-everything else dense), readable by compressed-tensors."""
+sparse-24-bitmask, and/or its quantization scheme: int8 as int-quantized or 8-bit
+pack-quantized, int4 as 4-bit pack-quantized; everything else dense), readable by
+compressed-tensors. Codebook layers are sparseinfer's own layout (a ``sparseinfer-codebook``
+config group; see compression_config), which compressed-tensors refuses rather than misreads."""
 from __future__ import annotations
 
 import os
@@ -11,9 +13,10 @@ import torch
 from torch import nn
 
 from .. import registry
+from ..formats.codebook import Codebook
 from . import compression_config as cc
 from .files import CONFIG_FILE, DEFAULT_MAX_SHARD_BYTES, parse_size, write_json, write_tensors
-from .int_packing import pack_int32
+from .int_packing import pack_int32, pack_int32_dim0
 
 SAVE_QUANT_FORMATS = (cc.INT_QUANTIZED, cc.PACK_QUANTIZED)
 
@@ -25,10 +28,15 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
     (the Hugging Face config when the model has one) with ``quantization_config``.
 
     Sparse layers are stored in their format's sparsity layout when all share one (e.g. all
-    Sparse24Linear: sparse-24-bitmask), else all in the general one (sparse-bitmask). Quantized
-    layers (Int8Linear) are stored as `quant_format`: "int-quantized" (int8 weight, what vLLM
-    reads) or "pack-quantized" (8-bit values in int32 words). Tensors shared under
-    several names (tied embeddings) are stored once. Every file is replaced atomically (written
+    Sparse24Linear: sparse-24-bitmask), else all in the general one (sparse-bitmask). Int8Linear
+    layers are stored as `quant_format`: "int-quantized" (int8 weight, what vLLM reads) or
+    "pack-quantized" (8-bit values in int32 words); Int4Linear layers always as 4-bit
+    pack-quantized (asymmetric ones with their zero points packed along dim 0, as
+    compressed-tensors does), CodebookLinear layers as sparseinfer-codebook (indices packed like
+    4-bit pack-quantized, plus weight_codebook [rows, groups, 16]). One config group per distinct
+    scheme; the top-level format is "mixed-precision" when the groups' formats differ. A layer of
+    a registered format with no checkpoint layout is a ValueError. Tensors shared under several
+    names (tied embeddings) are stored once. Every file is replaced atomically (written
     to a temporary file in `directory`, then renamed over the old one): a symlink in its place
     (a Hugging Face cache snapshot) is replaced, never written through. Returns the written file
     names."""
@@ -44,6 +52,7 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
     sparse_layers: dict[str, nn.Module] = {}
     sparse_formats: dict[str, registry.WeightFormat] = {}
     quantized: dict[tuple, list[str]] = {}
+    codebook: dict[tuple, list[str]] = {}
     for name, module in model.named_modules():
         spec = registry.for_layer(module)
         if spec is None:
@@ -52,7 +61,12 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
             sparse_layers[name] = module
             sparse_formats[name] = spec
         if spec.quant_scheme is not None:
-            quantized.setdefault(spec.quant_scheme(module), []).append(name)
+            quantized.setdefault(cc.quant_key(spec.quant_scheme(module)), []).append(name)
+        elif spec.format_cls is Codebook:
+            codebook.setdefault((module.act, module.group_size), []).append(name)
+        elif spec.sparsity_format is None:
+            raise ValueError(f"layer {name}: format {spec.name!r} has no checkpoint layout yet (nothing "
+                             "could load it back)")
     tensors = _unique_cpu_tensors(model.state_dict())
     if len({s.sparsity_format for s in sparse_formats.values()}) > 1:
         # one sparsity format per checkpoint: the general one, which holds any pattern
@@ -61,16 +75,18 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
             if spec is not general:
                 _store_as(general, tensors, name, sparse_layers[name])
                 sparse_formats[name] = general
-    if quant_format == cc.PACK_QUANTIZED:
-        for names in quantized.values():
-            for name in names:
+    for (_, _, bits, symmetric), names in quantized.items():
+        for name in names:
+            if bits != 8:  # the layer's own state is pack-quantized already
+                _store_zero_point(tensors, name, bits, symmetric)
+            elif quant_format == cc.PACK_QUANTIZED:
                 _store_as_packed(tensors, name)
 
     sparse = {}
     if sparse_layers:
         spec = next(iter(sparse_formats.values()))
         sparse = {spec.sparsity_format: (spec.sparsity_structure, list(sparse_layers))}
-    qc = cc.build(sparse, quantized, quant_format, _global_sparsity(sparse_layers.values()))
+    qc = cc.build(sparse, quantized, quant_format, _global_sparsity(sparse_layers.values()), codebook)
 
     os.makedirs(directory, exist_ok=True)
     files = write_tensors(tensors, directory, max_shard_bytes)  # each file replaced atomically, links not followed
@@ -111,6 +127,14 @@ def _store_as_packed(tensors: dict, name: str) -> None:
     q = tensors.pop(f"{name}.weight")
     tensors[f"{name}.weight_packed"] = pack_int32(q, 8)
     tensors[f"{name}.weight_shape"] = torch.tensor(list(q.shape), dtype=torch.int64)
+
+
+def _store_zero_point(tensors: dict, name: str, bits: int, symmetric: bool) -> None:
+    """compressed-tensors pack-quantized zero points: none when symmetric, else int32 packed along
+    dim 0 ([ceil(rows * bits / 32), groups])."""
+    zero = tensors.pop(f"{name}.weight_zero_point", None)
+    if not symmetric and zero is not None:
+        tensors[f"{name}.weight_zero_point"] = pack_int32_dim0(zero.to(torch.int8), bits)
 
 
 def _global_sparsity(layers) -> float:

@@ -8,8 +8,11 @@ Structured pruning that physically shrinks models: structured.prune_channels (L1
 Quantization to Int8Linear: quant.quantize_ptq (observers + calibration), quant.prepare_qat /
   convert_qat (fake quant with a straight-through estimator).
 Distillation (distillation_loss, distill) and low-rank SVD factorisation (low_rank).
+Weight sharing (Deep Compression): cluster_weights (per-row / per-group k-means tables, storage report
+  with Huffman coding), finetune_centroids (trained quantization of the shared values).
 """
 from . import heads, layer_drop, quant, structured
+from .cluster import ClusteredLayer, ClusterResult, cluster_weights, finetune_centroids
 from .distill import causal_lm_forward, causal_lm_labels, distill, distillation_loss
 from .heads import head_importance, prune_heads, prune_heads_by_importance
 from .layer_drop import drop_layers, layer_importance
@@ -34,5 +37,6 @@ __all__ = [
     "quantize_ptq", "prepare_qat", "convert_qat",
     "distillation_loss", "distill", "causal_lm_forward", "causal_lm_labels",
     "choose_rank", "factorize_linear", "low_rank",
+    "cluster_weights", "finetune_centroids", "ClusterResult", "ClusteredLayer",
     "heads", "layer_drop", "quant", "structured",
 ]

@@ -4,7 +4,7 @@ kernels (formats/lut4.py).
 
 ``from_dense`` is exact when every row (or group) holds at most 16 distinct values (a model
 clustered by ``sparseinfer.compress.cluster_weights``); otherwise it clusters each row (group)
-with 1-D k-means (formats/kmeans.py).
+with 1-D k-means (formats/kmeans.py), keeping exact zeros zero when the weight is pruned.
 
 Canonical form (state_dict and checkpoints: sparseinfer's own layout, documented in the README):
 ``weight_packed`` int32 [rows, ceil(cols / 8)] (indices, eight per word, LSB first, as
@@ -85,7 +85,10 @@ class Codebook(Lut4Weight):
             idx = idx.reshape(rows, groups * grouped.shape[-1])[:, :cols]
         else:
             from .kmeans import kmeans_codebook
-            table, idx = kmeans_codebook(weight.float(), k=lut4.ENTRIES, group_size=group_size, iters=iters)
+            # a pruned weight (>= 1% exact zeros) keeps its zeros: entry 0 of every table is 0
+            keep_zeros = bool((weight == 0).float().mean() >= 0.01)
+            table, idx = kmeans_codebook(weight.float(), k=lut4.ENTRIES, group_size=group_size, iters=iters,
+                                         keep_zeros=keep_zeros)
             table = table.to(weight.dtype)
         return cls._pack(idx.contiguous(), table.reshape(rows, groups, lut4.ENTRIES), group_size, weight.dtype)
 

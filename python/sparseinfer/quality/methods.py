@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
+import torch
 from torch import nn
 
 from .. import compress
@@ -17,6 +18,9 @@ from .tasks import Task, fit
 class Compressed:
     model: nn.Module
     setting: str    # sparsity / bits / rank, as shown in the table
+    # bytes of the model once its weights are packed, for recipes that leave them fake-quantized in
+    # float (int4 and k-means codebooks, until their kernels land); None: measure the state_dict
+    size_bytes: Optional[int] = None
 
 
 Recipe = Callable[[Task, nn.Module], Compressed]
@@ -195,3 +199,76 @@ def structured_recipes(task: Task, steps: int) -> dict[str, Recipe]:
     if task.timing_input.dim() == 4:  # the CNN has BatchNorm
         recipes["slimming 50%"] = channels(0.5, "bn_scale", steps, slimming=1e-4)
     return recipes
+
+
+# ------------------------------------------------------------------ 4-bit: uniform vs k-means codebooks
+# These recipes leave the weights fake-quantized in the model's float dtype (the numbers the int4 and
+# codebook formats hold); the size column is the packed size: 4-bit values plus fp16 scales (and
+# 4-bit zero points when asymmetric) or fp16 codebook tables, the rest of the state_dict as it is.
+
+def _targets(model: nn.Module, lm: bool) -> dict[str, nn.Module]:
+    keep = not_head if lm else linear_only
+    return {name: mod for name, mod in model.named_modules() if is_linear_like(mod) and keep(name, mod)}
+
+
+def _packed_size(model: nn.Module, layers: dict[str, nn.Module], packed_bits: float) -> int:
+    from .measure import state_bytes
+    dense = sum(mod.weight.nbytes for mod in layers.values())
+    return int(state_bytes(model) - dense + packed_bits / 8)
+
+
+def int4(group_size: Optional[int], symmetric: bool = True, lm: bool = False) -> Recipe:
+    """Uniform 4-bit weights with min-max scales per output channel or per group of input columns,
+    symmetric or with a zero point: the numbers of sparseinfer's int4 format (formats/int4.py,
+    compressed-tensors' 4-bit quantization), dequantized into the float weights."""
+    def run(task, model):
+        from ..formats.int4 import Int4
+        layers = _targets(model, lm)
+        bits = 0.0
+        for mod in layers.values():
+            weight = mod.weight.detach()
+            rows, cols = weight.shape
+            packed = Int4.from_dense(weight, group_size, symmetric=symmetric)
+            groups = 1 if group_size is None or group_size >= cols else -(-cols // group_size)
+            bits += 4 * weight.numel() + (16 + (0 if symmetric else 4)) * rows * groups  # fp16 scales, 4-bit zeros
+            with torch.no_grad():
+                mod.weight.copy_(packed.to_dense(weight.dtype))
+        numel = sum(mod.weight.numel() for mod in layers.values())
+        where = "per channel" if group_size is None else f"per group {group_size}"
+        kind = "sym" if symmetric else "asym"
+        return Compressed(model, f"int4 {kind} {where}; {bits / numel:.2f} b/w", _packed_size(model, layers, bits))
+    return run
+
+
+def kmeans(finetune_steps: int = 0, sparsity: float = 0.0, lm: bool = False, bits: int = 4) -> Recipe:
+    """Deep Compression's weight sharing: one k-means table of 2^bits values per output channel
+    (compress.cluster_weights), optionally after 50% magnitude pruning (zeros kept: entry 0 of every
+    table) and followed by `finetune_steps` of centroid finetuning (compress.finetune_centroids)."""
+    def run(task, model):
+        keep = not_head if lm else linear_only
+        note = ""
+        if sparsity:
+            compress.prune_magnitude(model, sparsity, filter=keep).remove()
+            note = f"{sparsity:.0%} magnitude + "
+        result = compress.cluster_weights(model, bits=bits, per="channel", filter=keep)
+        if finetune_steps:
+            result.finetune(model, task.train_batches(finetune_steps, 7), task.loss,
+                            lr=task.lr * FINETUNE_LR_SCALE)
+        layers = {name: model.get_submodule(name) for name in result.layers}
+        ft = f", {finetune_steps} ft" if finetune_steps else ""
+        setting = (f"{note}k-means {bits}b/ch{ft}; {result.runtime_bits_per_weight:.2f} b/w "
+                   f"(DC {result.deep_compression_bits_per_weight:.2f})")
+        return Compressed(model, setting, _packed_size(model, layers, 8 * result.runtime_bytes))
+    return run
+
+
+def weight_sharing_recipes(steps: int, lm: bool = False) -> dict[str, Recipe]:
+    """4-bit uniform vs 4-bit k-means codebooks at the same index width (issue #20)."""
+    return {
+        "int4 g128": int4(128, lm=lm),
+        "int4 channel": int4(None, lm=lm),
+        "int4 asym channel": int4(None, symmetric=False, lm=lm),
+        "kmeans 4b": kmeans(lm=lm),
+        "kmeans 4b + ft": kmeans(steps, lm=lm),
+        "50% + kmeans 4b": kmeans(sparsity=0.5, lm=lm),
+    }

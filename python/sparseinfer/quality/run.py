@@ -42,6 +42,7 @@ def recipes(task: Task, fast: bool) -> dict[str, m.Recipe]:
             "wanda 2:4": m.wanda(0.0, n_m=(2, 4), lm=True),
             "sparsegpt 2:4": m.sparsegpt(0.0, n_m=(2, 4), lm=True),
             **m.lm_extras(steps),
+            **m.weight_sharing_recipes(steps, lm=True),
         }
     return {
         "dense": m.dense,
@@ -55,6 +56,7 @@ def recipes(task: Task, fast: bool) -> dict[str, m.Recipe]:
         "2:4 + finetune": m.n_m_finetune(steps),
         "low-rank": m.low_rank(0.9, steps),
         **m.structured_recipes(task, steps),
+        **m.weight_sharing_recipes(steps),
     }
 
 
@@ -77,7 +79,7 @@ def run_task(task: Task, fast: bool = False, use_cache: bool = True, progress: b
     base_metric, base_size = results["dense"][2], state_bytes(models["dense"])
     rows = []
     for name, (compressed, seconds, metric) in results.items():
-        size = state_bytes(compressed.model)
+        size = compressed.size_bytes if compressed.size_bytes is not None else state_bytes(compressed.model)
         rows.append(Row(task.name, name, compressed.setting, task.metric, metric, metric - base_metric, size,
                         size / base_size, speed["dense"] / speed[name], seconds))
     return rows
@@ -103,7 +105,10 @@ def format_table(rows: list[Row]) -> str:
     lines.append("metric: accuracy % (digits) or perplexity (char LM); delta vs dense; size = state_dict "
                  "bytes vs dense; speed = dense forward time / this forward time (same run);\n"
                  "unstructured, 2:4 and int8 rows compress the Linear layers (the CNN's convolutions stay dense; "
-                 "the LM's output head stays dense when pruning); ft = finetune")
+                 "the LM's output head stays dense when pruning); ft = finetune;\n"
+                 "int4 and k-means rows hold fake-quantized float weights: their size is the packed size "
+                 "(4-bit values + fp16 scales or tables), b/w = bits per weight (DC: Deep Compression's "
+                 "Huffman-coded storage)")
     return "\n".join(lines)
 
 
