@@ -177,7 +177,7 @@ def test_csr_with_int8_fallback_saves_and_loads(tmp_path):
 
 
 # ------------------------------------------------------------------ format="auto"
-FAKE_MS = {"csr": 1.0, "2:4": 2.0, "int8": 0.5, "dense": 3.0}
+FAKE_MS = {"csr": 1.0, "2:4": 2.0, "int8": 0.5, "int4": 0.6, "codebook": 0.7, "dense": 3.0}
 
 
 @pytest.fixture

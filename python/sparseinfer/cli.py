@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--json", metavar="PATH", help="also write results + machine info as JSON")
     from .benchmarks import conversion
     conversion.add_parser(sub)
+    from .benchmarks import tp_bench
+    tp_bench.add_parser(sub)
     inspect = sub.add_parser("inspect", help="per-layer format, shape, sparsity and bytes vs dense of a "
                                              "checkpoint directory (ours or compressed-tensors')")
     inspect.add_argument("directory", help="checkpoint directory (safetensors + config.json)")
@@ -340,6 +342,9 @@ def main(argv=None) -> int:
         if args.command == "bench-convert":
             from .benchmarks import conversion
             return conversion.run_from_args(args)
+        if args.command == "bench-tp":
+            from .benchmarks import tp_bench
+            return tp_bench.run_from_args(args)
         if args.command == "quality":
             return _quality(args)
         if args.command == "fuzz-load":

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import decode as decode_ops
+
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 
@@ -51,12 +53,6 @@ class _Layer:
         self.scale = getattr(attn, "scaling", head_dim ** -0.5)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
 @torch.inference_mode()
 def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
              eos_token_id: Optional[Union[int, Sequence[int]]] = None,
@@ -80,13 +76,16 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
     core = model.model
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    tp = getattr(model, "sparseinfer_tp", None)  # tensor parallel (sparseinfer.distributed): this rank's heads
+    if tp is not None and tp.local_heads is not None:
+        heads, kv_heads = tp.local_heads, tp.local_kv_heads
     layers = [_Layer(layer, config, head_dim) for layer in core.layers]
     dtype = core.embed_tokens.weight.dtype
     device = input_ids.device
 
     positions = torch.arange(total, device=device)[None]
     cos, sin = core.rotary_emb(core.embed_tokens.weight[:1], positions)  # [1, total, head_dim]
-    cos, sin = cos[:, None], sin[:, None]                                # [1, 1, total, head_dim]
+    cos, sin = cos[0].contiguous(), sin[0].contiguous()                  # [total, head_dim]
     keys = [torch.empty(batch, kv_heads, total, head_dim, dtype=dtype, device=device) for _ in layers]
     values = [torch.empty_like(k) for k in keys]
     eos = None if eos_token_id is None else torch.tensor(
@@ -98,20 +97,21 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
     for step in range(max_new_tokens):
         n = tokens.shape[1]
         end = start + n
-        c, s = cos[:, :, start:end], sin[:, :, start:end]
+        c, s = cos[start:end], sin[start:end]
         h = core.embed_tokens(tokens)
         for i, L in enumerate(layers):
-            x = F.rms_norm(h, (h.shape[-1],), L.norm1, L.eps)
-            q = L.q(x).view(batch, n, heads, head_dim).transpose(1, 2)
-            k = L.k(x).view(batch, n, kv_heads, head_dim).transpose(1, 2)
+            # RMSNorm and rotary run as one native pass each (fp32; ops/decode.py), else torch's
+            x = decode_ops.rms_norm(h, L.norm1, L.eps)
+            q = decode_ops.rope(L.q(x).view(batch, n, heads, head_dim), c, s).transpose(1, 2)
+            k = decode_ops.rope(L.k(x).view(batch, n, kv_heads, head_dim), c, s).transpose(1, 2)
             v = L.v(x).view(batch, n, kv_heads, head_dim).transpose(1, 2)
-            keys[i][:, :, start:end] = _rotate(k, c, s)
+            keys[i][:, :, start:end] = k
             values[i][:, :, start:end] = v
             a = F.scaled_dot_product_attention(
-                _rotate(q, c, s), keys[i][:, :, :end], values[i][:, :, :end],
+                q, keys[i][:, :, :end], values[i][:, :, :end],
                 is_causal=n > 1, scale=L.scale, enable_gqa=kv_heads != heads)
             h = h + L.o(a.transpose(1, 2).reshape(batch, n, heads * head_dim))
-            x = F.rms_norm(h, (h.shape[-1],), L.norm2, L.eps)
+            x = decode_ops.rms_norm(h, L.norm2, L.eps)
             h = h + L.down(F.silu(L.gate(x)) * L.up(x))
         h = F.rms_norm(h[:, -1:], (h.shape[-1],), core.norm.weight, core.norm.variance_epsilon)
         nxt = model.lm_head(h)[:, -1].argmax(-1)

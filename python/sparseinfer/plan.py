@@ -132,11 +132,11 @@ def _is_pair(value) -> bool:
 
 
 def default_allow() -> list[Choice]:
-    """format="auto"'s default candidates: the lossless formats (every registered format without a
-    quantization scheme, i.e. the sparse ones: exact results) and "dense". Formats that change
-    numerics (int8) are candidates only when the user names them in allow=."""
+    """format="auto"'s default candidates: the lossless formats (registered as exact, without a
+    quantization scheme: the sparse ones) and "dense". Formats that change numerics (int8, int4,
+    codebook) are candidates only when the user names them in allow=."""
     return [make_choice(s.name, None, "allow") for s in registry.FORMATS.values()
-            if s.quant_scheme is None] + [Choice(DENSE)]
+            if s.quant_scheme is None and s.exact] + [Choice(DENSE)]
 
 
 def first_taker(main: Choice, fallbacks: list[Choice], weight: torch.Tensor, sparsity: float,

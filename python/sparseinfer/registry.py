@@ -22,7 +22,7 @@ from .formats.n_m import prune_2_4
 from .nn import CodebookLinear, CSRLinear, Int4Linear, Int8Linear, Sparse24Linear
 from .ops import (csr_linear, csr_linear_path, int8_linear, int8_linear_path, lut4_linear, lut4_linear_path,
                   sparse24_linear, sparse24_linear_path)
-from .distributed.shard import shard_24, shard_csr, shard_int8
+from .distributed.shard import shard_24, shard_codebook, shard_csr, shard_int4, shard_int8
 
 # compressed-tensors sparsity formats (sparsity_config.format) our layers are saved as
 SPARSE_BITMASK = "sparse-bitmask"
@@ -59,6 +59,7 @@ class WeightFormat:
     sparsity_structure: Optional[str] = None
     quant_scheme: Optional[Callable[[nn.Module], tuple]] = None  # layer -> (act, group_size)
     quant_bits: tuple[int, ...] = ()  # stored bit widths whose values this format runs
+    exact: bool = True                # packs every weight it takes with its values unchanged (sparse formats)
     # benchmarks
     tunable_sparsity: bool = False   # any sparsity packs (the bench --sparsity grid applies)
     bench_sparsities: tuple[float, ...] = (0.5,)
@@ -174,7 +175,7 @@ register(WeightFormat(
         Option("group_size", None, check_group_size, "scales per group of this many input columns "
                "(a multiple of 32; default per channel)", parse=_optional_int),
     ),
-    op_options=("act",), quant_scheme=lambda layer: (layer.act, layer.group_size), quant_bits=(8,),
+    op_options=("act",), quant_scheme=lambda layer: (layer.act, layer.group_size), quant_bits=(8,), exact=False,
     bench_sparsities=(0.0,), bench_dtype=torch.float32,
     baselines=("dense", "torch_dynamic_int8", "ort_int8"), shard=shard_int8))
 
@@ -216,8 +217,8 @@ register(WeightFormat(
         Option("symmetric", True, _check_symmetric, "symmetric (zero point 0) or asymmetric per group",
                parse=lambda s: s.lower() in ("1", "true", "yes")),
     ),
-    op_options=("act",), quant_scheme=lambda layer: (layer.act, layer.group_size, 4, layer.symmetric),
-    quant_bits=(4,), bench_sparsities=(0.0,), bench_dtype=torch.float32,
+    op_options=("act",), quant_scheme=lambda layer: (layer.act, layer.group_size, 4, layer.symmetric), exact=False,
+    quant_bits=(4,), bench_sparsities=(0.0,), bench_dtype=torch.float32, shard=shard_int4,
     baselines=("dense", "torch_dynamic_int8", "int8_w8a8", "int8_weight_only")))
 
 register(WeightFormat(
@@ -229,7 +230,7 @@ register(WeightFormat(
         Option("group_size", None, check_lut4_group_size, "one table per group of this many input columns "
                "(a multiple of 32; default per channel)", parse=_optional_int),
     ),
-    op_options=("act",), bench_sparsities=(0.0,), bench_dtype=torch.float32,
+    op_options=("act",), bench_sparsities=(0.0,), bench_dtype=torch.float32, exact=False, shard=shard_codebook,
     baselines=("dense", "torch_dynamic_int8", "int8_w8a8", "int8_weight_only")))
 
 

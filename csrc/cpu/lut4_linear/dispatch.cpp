@@ -2,6 +2,7 @@
 // per token with int8_linear's code for act = dynamic, fp32 for act = none, plus per-group sums)
 // and splits row blocks evenly across threads.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "../driver_common.h"
@@ -26,14 +27,24 @@ static_assert(cpu::has_reference(kKernels));
 
 const Lut4Kernels& active_kernels() { return cpu::pick_kernels(kKernels, cpu::active_isa()); }
 
+// body(rb0, rb1) over all row blocks, in kChunksPerTask pieces per thread taken from a shared
+// counter: a thread that starts late or runs slower (a busy or preempted core) takes fewer
+// pieces instead of holding every other thread at the end of the call.
+constexpr int64_t kChunksPerTask = 8;
+
 template <class F>
 void run_row_blocks(const PackedLut4& w, int64_t m, int num_threads, F&& body) {
   const int64_t work = w.rows * w.kp * m;
   const int tasks = static_cast<int>(std::min<int64_t>(
       {int64_t(num_threads), w.row_blocks, std::max<int64_t>(1, work / kMinWorkPerThread)}));
-  cpu::parallel_for_tasks(tasks, [&](int t, int n) {
-    const int64_t rb0 = w.row_blocks * t / n, rb1 = w.row_blocks * (t + 1) / n;
-    if (rb0 < rb1) body(rb0, rb1);
+  if (tasks == 1) return body(int64_t(0), w.row_blocks);
+  const int64_t chunks = std::min<int64_t>(w.row_blocks, tasks * kChunksPerTask);
+  std::atomic<int64_t> next{0};
+  cpu::parallel_for_tasks(tasks, [&](int, int) {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
+      const int64_t rb0 = w.row_blocks * c / chunks, rb1 = w.row_blocks * (c + 1) / chunks;
+      if (rb0 < rb1) body(rb0, rb1);
+    }
   });
 }
 

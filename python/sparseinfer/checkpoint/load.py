@@ -19,16 +19,27 @@ from .layer_decode import Notes, decode_layer, stored_kind
 from .skeleton import build_hf_model
 
 
-def load(directory: str, model: Optional[nn.Module] = None, *, min_sparsity: float = 0.5) -> nn.Module:
+def load(directory: str, model: Optional[nn.Module] = None, *, min_sparsity: float = 0.5,
+         tp_group=None, tp_plan: Optional[dict] = None) -> nn.Module:
     """Load the checkpoint in `directory` into `model`, or into a Hugging Face model built from
     its config.json when `model` is None (parameters on meta, so nothing is initialised twice).
 
     Compressed layers become CSRLinear (sparse-bitmask at >= `min_sparsity`), Sparse24Linear
     (sparse-24-bitmask, or 2:4-shaped sparse-bitmask below 70% sparsity), Int8Linear
-    (int-quantized / pack-quantized 8-bit; 4-bit runs as int8 with a warning), or a dense weight
+    (int-quantized / pack-quantized 8-bit), Int4Linear (4-bit pack-quantized, symmetric or not),
+    CodebookLinear (sparseinfer-codebook), or a dense weight
     where none of our kernels pays or applies (a warning names the layers). Raises CheckpointError,
     naming the file or tensor, on any malformed, missing or unsupported data. Returns the model
-    in eval mode, on the CPU (move it with .to() afterwards)."""
+    in eval mode, on the CPU (move it with .to() afterwards).
+
+    tp_group: a torch.distributed process group (e.g. torch.distributed.group.WORLD): this
+    process loads only its tensor-parallel shard of every layer (sparseinfer.distributed; reads
+    only its slice of each tensor from the files) and gets the model parallelized, split as
+    `tp_plan` says (default sparseinfer.distributed.LLAMA_PLAN)."""
+    if tp_group is not None:
+        from .sharded_load import load_sharded
+        return load_sharded(directory, model, group=tp_group, plan=tp_plan, min_sparsity=min_sparsity,
+                            fill_remaining=_load_remaining)
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
     if not os.path.isdir(directory):
