@@ -11,13 +11,6 @@
 namespace sparseinfer {
 namespace {
 
-// Software prefetch distance along a row block's index stream (the hardware prefetcher alone
-// leaves a core short of the memory bandwidth once the kernel spends cycles on every line).
-#ifndef SPARSEINFER_LUT4_PREFETCH
-#define SPARSEINFER_LUT4_PREFETCH 1024
-#endif
-constexpr int64_t kPrefetchBytes = SPARSEINFER_LUT4_PREFETCH;
-
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -107,8 +100,6 @@ void dynamic_block(const PackedLut4& w, const Lut4QuantActs& x, int64_t t0, int6
     int64_t col = c0;
     if (col & 32) half(chunk, true, col), col += 32, chunk += 32 * R;  // a stretch starting mid-chunk
     for (; col + kLut4Chunk <= c1; col += kLut4Chunk, chunk += 32 * R) {
-      _mm_prefetch(reinterpret_cast<const char*>(chunk) + kPrefetchBytes, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(chunk) + kPrefetchBytes + 64, _MM_HINT_T0);
       half(chunk, false, col);
       half(chunk, true, col + 32);
     }
