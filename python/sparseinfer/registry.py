@@ -57,7 +57,7 @@ class WeightFormat:
     # checkpoints: a sparsity format (sparsity_config) and/or a quantization scheme (config_groups)
     sparsity_format: Optional[str] = None
     sparsity_structure: Optional[str] = None
-    quant_scheme: Optional[Callable[[nn.Module], tuple]] = None  # layer -> (act, group_size)
+    quant_scheme: Optional[Callable[[nn.Module], tuple]] = None  # layer -> (act, group_size[, bits, symmetric])
     quant_bits: tuple[int, ...] = ()  # stored bit widths whose values this format runs
     exact: bool = True                # packs every weight it takes with its values unchanged (sparse formats)
     # benchmarks
@@ -198,6 +198,14 @@ def _codebook_example(out_f, in_f, sparsity=0.0, dtype=torch.float32, seed=0, gr
     return w.to(dtype), Codebook.from_dense(w.to(dtype), group_size)
 
 
+def _parse_bool(text: str) -> bool:
+    """CLI text -> bool ("true"/"false", "yes"/"no", "1"/"0"); anything else is an error."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise ValueError(f"expected true or false, got {text!r}")
+    return value
+
+
 def _check_symmetric(value) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"symmetric must be True or False, got {value!r}")
@@ -215,7 +223,7 @@ register(WeightFormat(
         Option("group_size", 128, check_lut4_group_size, "scales per group of this many input columns "
                "(a multiple of 32; none: per channel)", parse=_optional_int),
         Option("symmetric", True, _check_symmetric, "symmetric (zero point 0) or asymmetric per group",
-               parse=lambda s: s.lower() in ("1", "true", "yes")),
+               parse=_parse_bool, choices=(True, False)),
     ),
     op_options=("act",), quant_scheme=lambda layer: (layer.act, layer.group_size, 4, layer.symmetric), exact=False,
     quant_bits=(4,), bench_sparsities=(0.0,), bench_dtype=torch.float32, shard=shard_int4,
