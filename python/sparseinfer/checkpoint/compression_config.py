@@ -176,7 +176,7 @@ def _codebook_scheme(group: dict, path: str, codebook: dict[str, Optional[int]])
 def _codebook_section(qc: dict, codebook_groups: list[str]) -> dict[str, Optional[int]]:
     """The validated ``sparseinfer_codebook`` section: config group name -> group_size (None: per
     channel). Required exactly when a config group has format sparseinfer-codebook."""
-    from ..formats.lut4 import GROUP_MULTIPLE
+    from ..formats.groups import GROUP_MULTIPLE
     section = _get(qc, CODEBOOK_SECTION, "", dict)
     if section is None:
         if codebook_groups:

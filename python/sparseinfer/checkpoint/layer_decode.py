@@ -15,7 +15,8 @@ from .._native import FLOAT_DTYPES
 from ..formats import FormatError
 from ..formats import host
 from ..formats.bits import unpack_bits
-from ..formats.int8 import GROUP_MULTIPLE, MAX_COLS
+from ..formats.groups import GROUP_MULTIPLE
+from ..formats.int8 import MAX_COLS
 from ..formats.lut4 import MAX_COLS as LUT4_MAX_COLS
 from ..nn.linear_like import is_hf_conv1d, linear_features
 from . import compression_config as cc

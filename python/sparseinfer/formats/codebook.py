@@ -20,7 +20,8 @@ import torch
 
 from .._native import FLOAT_DTYPES
 from . import lut4
-from .lut4_weight import Lut4Weight, group_size_for
+from .groups import group_size_for
+from .lut4_weight import Lut4Weight
 
 
 def _grouped(weight: torch.Tensor, groups: int, group_size: Optional[int]) -> torch.Tensor:

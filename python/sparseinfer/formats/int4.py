@@ -20,7 +20,9 @@ from typing import Optional
 
 import torch
 
+from .._native import FLOAT_DTYPES
 from . import lut4
+from .groups import group_size_for
 from .lut4_weight import Lut4Weight
 
 QMIN, QMAX = -8, 7
@@ -103,7 +105,6 @@ class Int4(Lut4Weight):
 
     @classmethod
     def _checked_scale(cls, scale, rows: int, cols: int, group_size: Optional[int]) -> torch.Tensor:
-        from .._native import FLOAT_DTYPES
         if not isinstance(scale, torch.Tensor) or scale.device.type != "cpu":
             cls._fail("weight_scale", "must be a CPU torch.Tensor")
         if scale.dtype not in FLOAT_DTYPES:
@@ -131,17 +132,12 @@ class Int4(Lut4Weight):
         scale = arrays["weight_scale"]
         if isinstance(scale, torch.Tensor) and scale.dim() in (1, 2):
             groups = 1 if scale.dim() == 1 else scale.shape[-1]
-            group_size = cls._group_size_for_cols(cols, groups, group_size)
+            group_size = group_size_for(cols, groups, group_size, cls._fail)
         zero = arrays.get("weight_zero_point")
         if isinstance(zero, torch.Tensor) and not zero.dtype.is_floating_point and not bool(zero.any()):
             zero = None
         q = (idx.to(torch.int16) - 8).to(torch.int8)
         return cls.from_quantized(q, scale, zero, group_size, dtype)
-
-    @classmethod
-    def _group_size_for_cols(cls, cols, groups, hint):
-        from .lut4_weight import group_size_for
-        return group_size_for(cols, groups, hint, cls._fail)
 
     def to_canonical(self) -> dict:
         """The canonical arrays by name (CANONICAL_KEYS), on the CPU; scales in the model dtype."""

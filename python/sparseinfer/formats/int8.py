@@ -29,20 +29,17 @@ from .._native import _C, FLOAT_DTYPES
 from . import host
 from .base import PackedWeight
 from .errors import FormatError
+from .groups import check_group_size, group_size_for
+from .groups import by_group as _by_group, ceil_div as _ceil, num_groups as _groups
 
 ROW_BLOCK = _C.build_info()["int8_row_block"]
 K_BLOCK = _C.build_info()["int8_k_block"]
 MAX_COLS = _C.build_info()["int8_max_cols"]
-GROUP_MULTIPLE = 32  # group sizes are multiples of 32 (8 VNNI K-quads); AMX tiles use multiples of 64
 QMAX = 127
 
 
 def _fail(name: str, message: str) -> None:
     raise FormatError(f"Int8 {name}: {message}", array=name, detail=message)
-
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # Activation modes of int8_linear and their codes in the native op (int8_linear.h, Int8Act).
@@ -54,30 +51,6 @@ def check_act(act) -> int:
     if act not in ACTS:
         raise ValueError(f"act must be one of {tuple(ACTS)}, got {act!r}")
     return ACTS[act]
-
-
-def check_group_size(group_size: Optional[int]) -> None:
-    if group_size is None:
-        return
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < GROUP_MULTIPLE \
-            or group_size % GROUP_MULTIPLE:
-        raise ValueError(f"group_size must be None (per channel) or a positive multiple of "
-                         f"{GROUP_MULTIPLE} (e.g. 32, 64, 128), got {group_size!r}")
-
-
-def _groups(cols: int, group_size: Optional[int]) -> int:
-    return 1 if group_size is None else max(1, _ceil(cols, group_size))
-
-
-def _by_group(t: torch.Tensor, groups: int, group_size: Optional[int]) -> torch.Tensor:
-    """[rows, cols] -> [rows, groups, width] zero-padded (width = cols when per channel)."""
-    rows, cols = t.shape
-    width = cols if group_size is None else group_size
-    if groups * width == cols:
-        return t.contiguous().view(rows, groups, width)
-    padded = torch.zeros(rows, groups * width, dtype=t.dtype)
-    padded[:, :cols] = t
-    return padded.view(rows, groups, width)
 
 
 def _blocked(t: torch.Tensor, rows_p: int) -> torch.Tensor:
@@ -239,14 +212,7 @@ class Int8(PackedWeight):
 
     @staticmethod
     def _group_size_for(cols: int, groups: int, hint: Optional[int]) -> Optional[int]:
-        if groups == 1:
-            return None
-        if hint is not None and _ceil(cols, hint) == groups:
-            return hint
-        guess = _ceil(_ceil(cols, groups), GROUP_MULTIPLE) * GROUP_MULTIPLE
-        if _ceil(cols, guess) != groups:
-            _fail("scale", f"{groups} groups fit no group size for {cols} columns")
-        return guess
+        return group_size_for(cols, groups, hint, _fail, "scale")
 
     def to_canonical(self) -> dict:
         """The canonical arrays by name (CANONICAL_KEYS), on the CPU; scales in the model dtype."""

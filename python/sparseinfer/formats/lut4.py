@@ -16,45 +16,17 @@ import numpy as np
 import torch
 
 from .._native import _C
+from .groups import by_group, ceil_div, check_group_size, num_groups  # noqa: F401 (int4 / codebook use them as lut4.*)
 
 ROW_BLOCK = _C.build_info()["lut4_row_block"]
 CHUNK = _C.build_info()["lut4_chunk_cols"]
 MAX_COLS = _C.build_info()["lut4_max_cols"]
-GROUP_MULTIPLE = 32
 ENTRIES = 16
 LEVEL_MAX = 127  # codebook levels for the integer path: 7 bits (u8 x s8 pair sums fit int16)
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def padded_dims(rows: int, cols: int) -> tuple[int, int]:
     return ceil_div(rows, ROW_BLOCK) * ROW_BLOCK, ceil_div(cols, CHUNK) * CHUNK
-
-
-def num_groups(cols: int, group_size: Optional[int]) -> int:
-    return 1 if group_size is None else max(1, ceil_div(cols, group_size))
-
-
-def check_group_size(group_size: Optional[int]) -> None:
-    if group_size is None:
-        return
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < GROUP_MULTIPLE \
-            or group_size % GROUP_MULTIPLE:
-        raise ValueError(f"group_size must be None (per channel) or a positive multiple of "
-                         f"{GROUP_MULTIPLE} (e.g. 32, 64, 128), got {group_size!r}")
-
-
-def by_group(t: torch.Tensor, groups: int, group_size: Optional[int]) -> torch.Tensor:
-    """[rows, cols] -> [rows, groups, width] zero-padded (width = cols when per channel)."""
-    rows, cols = t.shape
-    width = cols if group_size is None else group_size
-    if groups * width == cols:
-        return t.contiguous().view(rows, groups, width)
-    padded = torch.zeros(rows, groups * width, dtype=t.dtype)
-    padded[:, :cols] = t
-    return padded.view(rows, groups, width)
 
 
 def pack_indices(idx: torch.Tensor) -> torch.Tensor:

@@ -118,9 +118,6 @@ class Lut4Weight(PackedWeight):
     def _packed_indices(self) -> torch.Tensor:
         return lut4.words_from_indices(self.indices())
 
-    def _group_size_for(self, cols: int, groups: int, hint: Optional[int]) -> Optional[int]:
-        return group_size_for(cols, groups, hint, self._fail)
-
     def _validate_layout(self) -> None:
         p = self._p
         rows_p, kp = lut4.padded_dims(self.rows, self.cols)
@@ -146,16 +143,3 @@ class Lut4Weight(PackedWeight):
                 self._fail(name, "must be finite")
         if p.levels is not None and (int(p.levels.max()) if p.levels.numel() else 0) > lut4.LEVEL_MAX:
             self._fail("levels", f"must be at most {lut4.LEVEL_MAX}")
-
-
-def group_size_for(cols: int, groups: int, hint: Optional[int], fail) -> Optional[int]:
-    """The group size giving `groups` groups over `cols` columns: `hint` if it does, else the
-    smallest multiple of 32 that does; fail("weight_scale", why) if none."""
-    if groups == 1:
-        return None
-    if hint is not None and lut4.ceil_div(cols, hint) == groups:
-        return hint
-    guess = lut4.ceil_div(lut4.ceil_div(cols, groups), lut4.GROUP_MULTIPLE) * lut4.GROUP_MULTIPLE
-    if lut4.ceil_div(cols, guess) != groups:
-        fail("weight_scale", f"{groups} groups fit no group size for {cols} columns")
-    return guess
