@@ -11,6 +11,7 @@ void bind_csr_linear(pybind11::module_& m);
 void bind_sparse24_linear(pybind11::module_& m);
 void bind_int8_linear(pybind11::module_& m);
 void bind_lut4_linear(pybind11::module_& m);
+void bind_sparse_int8_linear(pybind11::module_& m);
 void bind_decode_ops(pybind11::module_& m);  // generate's rms_norm / rope
 
 // _cuda

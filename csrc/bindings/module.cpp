@@ -13,6 +13,7 @@ PYBIND11_MODULE(_C, m) {
   bindings::bind_sparse24_linear(m);
   bindings::bind_int8_linear(m);
   bindings::bind_lut4_linear(m);
+  bindings::bind_sparse_int8_linear(m);
   bindings::bind_decode_ops(m);
 
   // Fail at import, loudly, if SPARSEINFER_CPU_ISA names an ISA this CPU lacks.

@@ -11,6 +11,7 @@
 #include "sparseinfer/csr_linear.h"
 #include "sparseinfer/int8_linear.h"
 #include "sparseinfer/lut4_linear.h"
+#include "sparseinfer/sparse_int8_linear.h"
 #include "sparseinfer/sparse24_linear.h"
 #include "sparseinfer/thread_pool.h"
 
@@ -55,6 +56,8 @@ py::dict build_info() {
   d["lut4_row_block"] = kLut4RowBlock;
   d["lut4_chunk_cols"] = kLut4Chunk;
   d["lut4_max_cols"] = kLut4MaxCols;
+  d["sparse_int8_window"] = kSpI8Window;
+  d["sparse_int8_max_cols"] = kSpI8MaxCols;
   return d;
 }
 

@@ -68,6 +68,18 @@ def int8_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
     if act == "none":
         return linear(x, weight.to_dense(torch.float64), bias)
     x2 = x.reshape(-1, weight.cols)
+    y, bad = _w8a8_rows(x2, weight)
+    if bool(bad.any()):
+        y[bad] = _nonfinite_rows(x2[bad], weight)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype).reshape(*x.shape[:-1], weight.rows)
+
+
+def _w8a8_rows(x2: torch.Tensor, weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """The W8A8 rows (fp32, before bias) of x2 [m, cols] against a weight with int8 values
+    (qweight(), scale(), group_size), in the kernels' epilogue order, and the mask of tokens that
+    could not be quantized (their rows are meaningless here)."""
     qx, sx = quantize_per_token(x2)
     qw, scale = weight.qweight(), weight.scale()
     width = weight.cols if weight.group_size is None else weight.group_size
@@ -76,13 +88,7 @@ def int8_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
         cols = slice(g * width, (g + 1) * width)
         dot = qx[:, cols].double() @ qw[:, cols].double().T  # exact: |dot| < 2^53
         s = s + dot.float() * scale[:, g]
-    y = s * sx.unsqueeze(-1)
-    bad = ~torch.isfinite(sx)
-    if bool(bad.any()):
-        y[bad] = _nonfinite_rows(x2[bad], weight)
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype).reshape(*x.shape[:-1], weight.rows)
+    return s * sx.unsqueeze(-1), ~torch.isfinite(sx)
 
 
 def lut4_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
@@ -116,6 +122,38 @@ def lut4_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
     bad = ~torch.isfinite(sx)
     if bool(bad.any()):
         y[bad] = linear(x2[bad], weight.to_dense(torch.float64)).float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype).reshape(*x.shape[:-1], weight.rows)
+
+
+def _stored_sum(x: torch.Tensor, weight) -> torch.Tensor:
+    """sum over the weight's stored (non-zero) entries of x[k] * w[r, k] in float64: x @ W.T,
+    except that a NaN or an inf at a pruned column does not reach the row (a sparse weight has
+    no entry there to meet it)."""
+    w = weight.to_dense().double()
+    xd = x.double()
+    if bool(torch.isfinite(xd).all()):
+        return xd @ w.T
+    stored = w != 0
+    return torch.stack([torch.where(stored, xt * w, torch.zeros((), dtype=torch.float64)).sum(-1) for xt in xd]) \
+        if xd.shape[0] else torch.zeros(0, weight.rows, dtype=torch.float64)
+
+
+def sparse_int8_linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None,
+                       act: str = "dynamic") -> torch.Tensor:
+    """Reference for ops.sparse_int8_linear (formats CsrInt8 and Sparse24Int8). act="dynamic":
+    int8_linear's W8A8 on the int8 values (bit-identical epilogue), except that a token holding
+    a NaN or an inf takes the float row; act="none" and that row: the sum over the stored
+    weights of x * dequant(W) in float64 (see _stored_sum)."""
+    x2 = x.reshape(-1, weight.cols)
+    if act == "none":
+        y = _stored_sum(x2, weight)
+        y = y if bias is None else y + bias.double()
+        return y.to(x.dtype).reshape(*x.shape[:-1], weight.rows)
+    y, bad = _w8a8_rows(x2, weight)
+    if bool(bad.any()):
+        y[bad] = _stored_sum(x2[bad], weight).float()
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype).reshape(*x.shape[:-1], weight.rows)

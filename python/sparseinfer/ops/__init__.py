@@ -13,6 +13,8 @@ from .cuda_paths import CSR_CUDA_MAX_M, S24_CUDA_SPLITK_MAX_M
 from .int8 import int8_linear, int8_linear_path
 from .lut4 import lut4_linear, lut4_linear_path
 from .sparse24 import sparse24_linear, sparse24_linear_path
+from .sparse_int8 import sparse_int8_linear, sparse_int8_linear_path
 
 __all__ = ["csr_linear", "csr_linear_path", "sparse24_linear", "sparse24_linear_path",
-           "int8_linear", "int8_linear_path", "lut4_linear", "lut4_linear_path", "INT8_ACTS", "CSR_CUDA_MAX_M", "S24_CUDA_SPLITK_MAX_M"]
+           "int8_linear", "int8_linear_path", "lut4_linear", "lut4_linear_path", "sparse_int8_linear",
+           "sparse_int8_linear_path", "INT8_ACTS", "CSR_CUDA_MAX_M", "S24_CUDA_SPLITK_MAX_M"]

@@ -1,0 +1,158 @@
+// AVX2 tier. W8A8: one 256-bit load of a window pair's quantized activations, `vpshufb` gathers
+// every slot's activation inside its 128-bit half, `vpsignb` moves the weight's sign onto it and
+// `vpmaddubsw` multiplies |w| (u8, <= 128) by it (|pair sum| <= 2 * 128 * 127: never saturates);
+// `vpmaddwd` against 0/1 selectors sums each row's slot pairs into that row's int32 lanes.
+// Weight-only: the same gather in fp32 with `vpermps` over a window's 16 floats.
+#include <immintrin.h>
+
+#include "common.h"
+
+namespace sparseinfer {
+namespace {
+
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline float hsum_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// W8A8 over tokens [t0, t0 + T) of one row pair.
+template <int T>
+void dynamic_pair(const PackedSparseInt8& w, const SpI8QuantActs& x, int64_t t0, int64_t p, const LinearOutput& out) {
+  const int64_t wps = w.kp / kSpI8WindowPair;
+  const uint8_t* counts = w.counts + p * wps;
+  const __m256i shifts = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+  const __m256i low4 = _mm256_set1_epi8(15);
+  const __m256i bits = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
+                                         int16_t(16384), int16_t(-32768));
+  const __m256i ones = _mm256_set1_epi16(1);
+  float sum[T][2] = {};
+  int64_t s = w.pair_steps[p];
+  for (int64_t g = 0; g < w.groups; ++g) {
+    __m256i acc_a[T], acc_b[T];
+    for (int t = 0; t < T; ++t) acc_a[t] = acc_b[t] = _mm256_setzero_si256();
+    for (int64_t wp = spi8_group_begin(w, g); wp < spi8_group_end(w, g); ++wp) {
+      for (int n = counts[wp]; n > 0; --n, ++s) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.values + s * 32));
+        const __m256i wabs = _mm256_abs_epi8(wv);
+        const __m256i ib = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.idx + s * 16)));
+        const __m256i id = _mm256_and_si256(_mm256_srlv_epi32(ib, shifts), low4);
+        const __m256i is_b = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16(int16_t(w.sel[s])), bits), bits);
+        const __m256i sel_b = _mm256_and_si256(is_b, ones), sel_a = _mm256_andnot_si256(is_b, ones);
+        for (int t = 0; t < T; ++t) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (t0 + t) * w.kp + wp * 32));
+          const __m256i prod = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(_mm256_shuffle_epi8(xv, id), wv));
+          acc_a[t] = _mm256_add_epi32(acc_a[t], _mm256_madd_epi16(prod, sel_a));
+          acc_b[t] = _mm256_add_epi32(acc_b[t], _mm256_madd_epi16(prod, sel_b));
+        }
+      }
+    }
+    const float sa = spi8_scale(w, 2 * p, g), sb = spi8_scale(w, 2 * p + 1, g);
+    for (int t = 0; t < T; ++t) {
+      sum[t][0] = sum[t][0] + static_cast<float>(hsum_epi32(acc_a[t])) * sa;
+      sum[t][1] = sum[t][1] + static_cast<float>(hsum_epi32(acc_b[t])) * sb;
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    const float scale_x = x.scale[t0 + t];
+    spi8_store_pair(w, p, t0 + t, sum[t][0] * scale_x, sum[t][1] * scale_x, out);
+  }
+}
+
+void dynamic_avx2(const PackedSparseInt8& w, const SpI8QuantActs& x, int64_t m, int64_t p0, int64_t p1,
+                  const LinearOutput& out) {
+  for (int64_t p = p0; p < p1; ++p) {
+    int64_t t = 0;
+    for (; t + 4 <= m; t += 4) dynamic_pair<4>(w, x, t, p, out);
+    switch (m - t) {
+      case 3: dynamic_pair<3>(w, x, t, p, out); break;
+      case 2: dynamic_pair<2>(w, x, t, p, out); break;
+      case 1: dynamic_pair<1>(w, x, t, p, out); break;
+      default: break;
+    }
+  }
+}
+
+// Lane masks (all ones where the slot belongs to row B) of 4 slot pairs = 8 fp32 lanes.
+struct PairMasks {
+  alignas(32) int32_t m[16][8];
+  constexpr PairMasks() : m() {
+    for (int b = 0; b < 16; ++b)
+      for (int l = 0; l < 8; ++l) m[b][l] = (b >> (l / 2)) & 1 ? -1 : 0;
+  }
+};
+constexpr PairMasks kPairMasks;
+
+// Weight-only over tokens [t0, t0 + T) of one row pair.
+template <int T>
+void weight_only_pair(const PackedSparseInt8& w, const float* x, int64_t t0, int64_t p, const LinearOutput& out) {
+  const int64_t wps = w.kp / kSpI8WindowPair;
+  const uint8_t* counts = w.counts + p * wps;
+  const __m256i low4 = _mm256_set1_epi32(15);
+  double sum[T][2] = {};
+  int64_t s = w.pair_steps[p];
+  for (int64_t g = 0; g < w.groups; ++g) {
+    __m256 acc_a[T], acc_b[T];
+    for (int t = 0; t < T; ++t) acc_a[t] = acc_b[t] = _mm256_setzero_ps();
+    for (int64_t wp = spi8_group_begin(w, g); wp < spi8_group_end(w, g); ++wp) {
+      for (int n = counts[wp]; n > 0; --n, ++s) {
+        for (int c = 0; c < 4; ++c) {
+          const int h = c / 2, j0 = (c % 2) * 8;
+          __m256i id = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.idx + s * 16 + j0)));
+          id = _mm256_and_si256(h ? _mm256_srli_epi32(id, 4) : id, low4);
+          const __m256 hi = _mm256_castsi256_ps(_mm256_slli_epi32(id, 28));
+          const __m256 wf = _mm256_cvtepi32_ps(
+              _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.values + s * 32 + 16 * h + j0))));
+          const __m256 is_b = _mm256_load_ps(reinterpret_cast<const float*>(kPairMasks.m[(w.sel[s] >> (8 * h + j0 / 2)) & 15]));
+          const __m256 wa = _mm256_andnot_ps(is_b, wf), wb = _mm256_and_ps(is_b, wf);
+          for (int t = 0; t < T; ++t) {
+            const float* xw = x + (t0 + t) * w.kp + wp * 32 + 16 * h;
+            const __m256 xg = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(xw), id),
+                                               _mm256_permutevar8x32_ps(_mm256_loadu_ps(xw + 8), id), hi);
+            acc_a[t] = _mm256_fmadd_ps(wa, xg, acc_a[t]);
+            acc_b[t] = _mm256_fmadd_ps(wb, xg, acc_b[t]);
+          }
+        }
+      }
+    }
+    const double sa = spi8_scale(w, 2 * p, g), sb = spi8_scale(w, 2 * p + 1, g);
+    for (int t = 0; t < T; ++t) {
+      sum[t][0] += double(hsum_ps(acc_a[t])) * sa;
+      sum[t][1] += double(hsum_ps(acc_b[t])) * sb;
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    spi8_store_pair(w, p, t0 + t, static_cast<float>(sum[t][0]), static_cast<float>(sum[t][1]), out);
+}
+
+void weight_only_avx2(const PackedSparseInt8& w, const float* x, int64_t m, int64_t p0, int64_t p1,
+                      const LinearOutput& out) {
+  for (int64_t p = p0; p < p1; ++p) {
+    int64_t t = 0;
+    for (; t + 4 <= m; t += 4) weight_only_pair<4>(w, x, t, p, out);
+    switch (m - t) {
+      case 3: weight_only_pair<3>(w, x, t, p, out); break;
+      case 2: weight_only_pair<2>(w, x, t, p, out); break;
+      case 1: weight_only_pair<1>(w, x, t, p, out); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace
+
+const SpI8Kernels spi8_kernels_avx2 = {
+    .isa = "avx2",
+    .dynamic = dynamic_avx2,
+    .weight_only = weight_only_avx2,
+};
+
+}  // namespace sparseinfer
