@@ -111,6 +111,18 @@ def _lut4_check(y, x, weight, bias=None, act="dynamic"):
     assert relative_error(y, exact) <= 2 * torch_err + FLOOR[x.dtype]
 
 
+def _sparse_int8_check(y, x, weight, bias=None, act="dynamic"):
+    """W8A8 is bit-exact to the reference (int8_linear's epilogue); weight-only is within the
+    tolerance table of the float64 product with the dequantized weight."""
+    if act == "dynamic":
+        assert torch.equal(y, reference.sparse_int8_linear(x, weight, bias))
+        return
+    exact = reference.sparse_int8_linear(x.double(), weight, None if bias is None else bias.double(), act="none")
+    assert y.dtype == x.dtype and y.shape == exact.shape
+    torch_err = relative_error(F.linear(x, weight.to_dense().to(x.dtype), bias), exact)
+    assert relative_error(y, exact) <= 2 * torch_err + FLOOR[x.dtype]
+
+
 def _replace(args: dict, **changes) -> dict:
     return {**args, **changes}
 
@@ -146,6 +158,29 @@ def _lut4_dense_args(w):
 _LUT4_RAW_BAD = (
     RawBad("nibbles", lambda a: _replace(a, nibbles=a["nibbles"][:, :0].contiguous()), "nibbles must have shape"),
     RawBad("scales_dtype", lambda a: _replace(a, scales=a["scales"].double()), "scales dtype"),
+    RawBad("group_size", lambda a: _replace(a, group_size=48), "group_size"),
+    RawBad("act", lambda a: _replace(a, act="int4"), "act must be"),
+    RawBad("cols", lambda a: _replace(a, cols=140000), "cols <= 131072"),
+)
+
+
+def _sparse_int8_raw_args(w, x, bias, act="dynamic"):
+    p = w.packed
+    return dict(x=x, values=p.values, idx=p.idx, sel=p.sel, counts=p.counts, pair_steps=p.pair_steps,
+                scales=p.scales, bias=bias, rows=w.rows, cols=w.cols, group_size=w.group_size or 0,
+                uniform=p.uniform, act=act)
+
+
+def _sparse_int8_dense_args(w):
+    p = w.packed
+    return (p.values, p.idx, p.sel, p.counts, p.pair_steps, p.scales, w.rows, w.cols, w.group_size or 0, p.uniform)
+
+
+_SPARSE_INT8_RAW_BAD = (
+    RawBad("counts_over", lambda a: _replace(a, counts=torch.full_like(a["counts"], 3)), "counts"),
+    RawBad("pair_steps", lambda a: _replace(a, pair_steps=a["pair_steps"] + 1), "pair_steps"),
+    RawBad("values_short", lambda a: _replace(a, values=a["values"][:-1].contiguous()), "idx: must be|values"),
+    RawBad("scales_dtype", lambda a: _replace(a, scales=a["scales"].double()), "scales"),
     RawBad("group_size", lambda a: _replace(a, group_size=48), "group_size"),
     RawBad("act", lambda a: _replace(a, act="int4"), "act must be"),
     RawBad("cols", lambda a: _replace(a, cols=140000), "cols <= 131072"),
@@ -232,6 +267,23 @@ CASES: dict[str, OpCase] = {case.name: case for case in (
         state_keys=frozenset({"weight_packed", "weight_codebook", "weight_shape"}),
         repr_fragments=lambda layer: [f"act={layer.act}"],
         sparsity=0.0, packs=({"group_size": None}, {"group_size": 64})),
+    OpCase(
+        name="csr+int8", raw_op=torch.ops.sparseinfer.sparse_int8_linear, raw_args=_sparse_int8_raw_args,
+        dense_op=torch.ops.sparseinfer.sparse_int8_dense, dense_args=_sparse_int8_dense_args,
+        raw_bad=_SPARSE_INT8_RAW_BAD, check=_sparse_int8_check,
+        dense_reference=lambda options: options.get("act") == "none",
+        state_keys=frozenset({"shape", "compressed", "bitmask", "row_offsets", "weight_scale"}),
+        repr_fragments=lambda layer: [f"act={layer.act}", f"sparsity={layer.sparsity:.3f}"],
+        sparsity=0.7, packs=({"group_size": None}, {"group_size": 64})),
+    OpCase(
+        name="2:4+int8", raw_op=torch.ops.sparseinfer.sparse_int8_linear, raw_args=_sparse_int8_raw_args,
+        dense_op=torch.ops.sparseinfer.sparse_int8_dense, dense_args=_sparse_int8_dense_args,
+        raw_bad=_SPARSE_INT8_RAW_BAD + (
+            RawBad("not_uniform", lambda a: _replace(a, uniform=False, counts=a["counts"] * 0), "pair_steps"),),
+        check=_sparse_int8_check, dense_reference=lambda options: options.get("act") == "none",
+        state_keys=frozenset({"shape", "compressed", "bitmask", "weight_scale"}),
+        repr_fragments=lambda layer: [f"act={layer.act}"],
+        sparsity=0.5, packs=({"group_size": None}, {"group_size": 32})),
 )}
 
 

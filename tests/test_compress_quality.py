@@ -16,7 +16,7 @@ pytest.importorskip("sklearn", reason="the digits data set ships with scikit-lea
 @pytest.fixture(scope="module")
 def digits_rows():
     task = digits_mlp_task(hidden=256, train_steps=500)
-    only = {"int8 PTQ W8A8", "2:4 + finetune", "gradual 90% + KD", "magnitude 90%"}
+    only = {"int8 PTQ W8A8", "2:4 + finetune", "gradual 90% + KD", "magnitude 90%", "sparsegpt 50%", "50% + int8"}
     return {row.method: row for row in run_task(task, fast=True, use_cache=False, only=only)}
 
 
@@ -38,6 +38,14 @@ def test_gradual_90_with_distillation_costs_at_most_two_points(digits_rows):
     # ...where one-shot pruning to the same sparsity is far worse: the schedule and KD matter.
     assert digits_rows["magnitude 90%"].delta < digits_rows["gradual 90% + KD"].delta - 2.0
     assert digits_rows["gradual 90% + KD"].size_ratio < 0.25
+
+
+def test_joint_sparsegpt_int8_row(digits_rows):
+    """Pruned + int8 (W8A8 as the kernels compute it) costs at most one test image over the same
+    SparseGPT pruning in float, at a third of its size (the heavy rows run in the full command)."""
+    joint, alone = digits_rows["50% + int8"], digits_rows["sparsegpt 50%"]
+    assert joint.metric >= alone.metric - 0.3
+    assert joint.size_ratio < 0.4 * alone.size_ratio
 
 
 def test_targets_are_reported(digits_rows):

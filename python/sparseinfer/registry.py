@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from . import reference
-from .formats import CSR, Codebook, Int4, Int8, Sparse24
+from .formats import CSR, Codebook, CsrInt8, Int4, Int8, Sparse24, Sparse24Int8
 from .formats.int8 import ACTS, check_act, check_group_size
 from .formats.lut4 import check_group_size as check_lut4_group_size
 from .formats.n_m import prune_2_4
-from .nn import CodebookLinear, CSRLinear, Int4Linear, Int8Linear, Sparse24Linear
+from .nn import (CodebookLinear, CSRLinear, CsrInt8Linear, Int4Linear, Int8Linear, Sparse24Int8Linear,
+                 Sparse24Linear)
 from .ops import (csr_linear, csr_linear_path, int8_linear, int8_linear_path, lut4_linear, lut4_linear_path,
-                  sparse24_linear, sparse24_linear_path)
+                  sparse24_linear, sparse24_linear_path, sparse_int8_linear, sparse_int8_linear_path)
 from .distributed.shard import shard_24, shard_codebook, shard_csr, shard_int4, shard_int8
 
 # compressed-tensors sparsity formats (sparsity_config.format) our layers are saved as
@@ -241,6 +242,43 @@ register(WeightFormat(
     op_options=("act",), bench_sparsities=(0.0,), bench_dtype=torch.float32, exact=False, shard=shard_codebook,
     baselines=("dense", "torch_dynamic_int8", "int8_w8a8", "int8_weight_only")))
 
+
+
+def _csr_int8_example(out_f, in_f, sparsity=0.5, dtype=torch.float32, seed=0, group_size=None):
+    w = _random_pruned(out_f, in_f, sparsity, dtype, seed)
+    return w, CsrInt8.from_dense(w, group_size)
+
+
+def _sparse24_int8_example(out_f, in_f, sparsity=0.5, dtype=torch.float32, seed=0, group_size=None):
+    g = torch.Generator().manual_seed(seed)
+    w = prune_2_4(torch.randn(out_f, in_f, generator=g)).to(dtype)
+    return w, Sparse24Int8.from_dense(w, group_size)
+
+
+_SPARSE_INT8_OPTIONS = (
+    Option("act", "dynamic", check_act, "activations: dynamic (W8A8, per-token int8) or none (weight-only)",
+           bench_values=("dynamic", "none"), choices=tuple(ACTS)),
+    Option("group_size", None, check_group_size, "scales per group of this many input columns "
+           "(a multiple of 32; default per channel)", parse=_optional_int),
+)
+
+register(WeightFormat(
+    name="csr+int8", summary="unstructured sparsity with int8 values (per channel or group scales); W8A8 or "
+    "weight-only", format_cls=CsrInt8, layer_cls=CsrInt8Linear, op=sparse_int8_linear,
+    path=sparse_int8_linear_path, reference=reference.sparse_int8_linear, example=_csr_int8_example,
+    options=_SPARSE_INT8_OPTIONS, op_options=("act",), sparsity_format=SPARSE_BITMASK,
+    sparsity_structure="unstructured", quant_scheme=lambda layer: (layer.act, layer.group_size), exact=False,
+    tunable_sparsity=True, bench_sparsities=(0.5, 0.7, 0.9), bench_dtype=torch.float32,
+    baselines=("dense", "int8_w8a8", "int8_weight_only"), prune=prune_magnitude_layer))
+
+register(WeightFormat(
+    name="2:4+int8", summary="2:4 semi-structured sparsity with int8 values (per channel or group scales); "
+    "W8A8 or weight-only", format_cls=Sparse24Int8, layer_cls=Sparse24Int8Linear, op=sparse_int8_linear,
+    path=sparse_int8_linear_path, reference=reference.sparse_int8_linear, example=_sparse24_int8_example,
+    options=_SPARSE_INT8_OPTIONS, op_options=("act",), sparsity_format=SPARSE_24_BITMASK,
+    sparsity_structure="2:4", quant_scheme=lambda layer: (layer.act, layer.group_size), exact=False,
+    bench_dtype=torch.float32, baselines=("dense", "int8_w8a8", "int8_weight_only"),
+    prune=lambda weight, sparsity: prune_2_4(weight)))
 
 # The sparsity format a checkpoint falls back to when its layers mix several (it holds any pattern).
 GENERAL_SPARSITY_FORMAT = "csr"

@@ -67,18 +67,79 @@ void dynamic_pair(const PackedSparseInt8& w, const SpI8QuantActs& x, int64_t t0,
   }
 }
 
-void dynamic_avx2(const PackedSparseInt8& w, const SpI8QuantActs& x, int64_t m, int64_t p0, int64_t p1,
-                  const LinearOutput& out) {
+// W8A8 of the uniform layout (2:4): one step per window pair, row A in slots 0..7 and row B in
+// 8..15 of each half, so one vpmaddwd against ones sums 4 slots of one row per int32 lane
+// (lanes 0, 1, 4, 5 are row A's; 2, 3, 6, 7 row B's) and no counts or selectors are read.
+template <int T>
+void dynamic_pair_uniform(const PackedSparseInt8& w, const SpI8QuantActs& x, int64_t t0, int64_t p,
+                          const LinearOutput& out) {
+  const int64_t wps = w.kp / kSpI8WindowPair;
+  const __m256i shifts = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+  const __m256i low4 = _mm256_set1_epi8(15);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i row_b = _mm256_setr_epi32(0, 0, -1, -1, 0, 0, -1, -1);
+  const int8_t* values = w.values + p * wps * 32;
+  const uint8_t* idx = w.idx + p * wps * 16;
+  float sum[T][2] = {};
+  for (int64_t g = 0; g < w.groups; ++g) {
+    __m256i acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_si256();
+    for (int64_t wp = spi8_group_begin(w, g); wp < spi8_group_end(w, g); ++wp) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + wp * 32));
+      const __m256i wabs = _mm256_abs_epi8(wv);
+      const __m256i ib = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + wp * 16)));
+      const __m256i id = _mm256_and_si256(_mm256_srlv_epi32(ib, shifts), low4);
+      for (int t = 0; t < T; ++t) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (t0 + t) * w.kp + wp * 32));
+        const __m256i prod = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(_mm256_shuffle_epi8(xv, id), wv));
+        acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(prod, ones));
+      }
+    }
+    const float sa = spi8_scale(w, 2 * p, g), sb = spi8_scale(w, 2 * p + 1, g);
+    for (int t = 0; t < T; ++t) {
+      const int32_t total = hsum_epi32(acc[t]), dot_b = hsum_epi32(_mm256_and_si256(acc[t], row_b));
+      sum[t][0] = sum[t][0] + static_cast<float>(total - dot_b) * sa;
+      sum[t][1] = sum[t][1] + static_cast<float>(dot_b) * sb;
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    const float scale_x = x.scale[t0 + t];
+    spi8_store_pair(w, p, t0 + t, sum[t][0] * scale_x, sum[t][1] * scale_x, out);
+  }
+}
+
+template <template <int> class Pair>
+void over_tokens(const PackedSparseInt8& w, const SpI8QuantActs& x, int64_t m, int64_t p0, int64_t p1,
+                 const LinearOutput& out) {
   for (int64_t p = p0; p < p1; ++p) {
     int64_t t = 0;
-    for (; t + 4 <= m; t += 4) dynamic_pair<4>(w, x, t, p, out);
+    for (; t + 4 <= m; t += 4) Pair<4>::run(w, x, t, p, out);
     switch (m - t) {
-      case 3: dynamic_pair<3>(w, x, t, p, out); break;
-      case 2: dynamic_pair<2>(w, x, t, p, out); break;
-      case 1: dynamic_pair<1>(w, x, t, p, out); break;
+      case 3: Pair<3>::run(w, x, t, p, out); break;
+      case 2: Pair<2>::run(w, x, t, p, out); break;
+      case 1: Pair<1>::run(w, x, t, p, out); break;
       default: break;
     }
   }
+}
+
+template <int T>
+struct GeneralPair {
+  static void run(const PackedSparseInt8& w, const SpI8QuantActs& x, int64_t t0, int64_t p, const LinearOutput& out) {
+    dynamic_pair<T>(w, x, t0, p, out);
+  }
+};
+template <int T>
+struct UniformPair {
+  static void run(const PackedSparseInt8& w, const SpI8QuantActs& x, int64_t t0, int64_t p, const LinearOutput& out) {
+    dynamic_pair_uniform<T>(w, x, t0, p, out);
+  }
+};
+
+void dynamic_avx2(const PackedSparseInt8& w, const SpI8QuantActs& x, int64_t m, int64_t p0, int64_t p1,
+                  const LinearOutput& out) {
+  if (w.uniform) over_tokens<UniformPair>(w, x, m, p0, p1, out);
+  else over_tokens<GeneralPair>(w, x, m, p0, p1, out);
 }
 
 // Lane masks (all ones where the slot belongs to row B) of 4 slot pairs = 8 fp32 lanes.

@@ -20,7 +20,9 @@
 //   pair_steps [row_pairs + 1] int64: the first step of each pair (the last entry is the total)
 //   scales     [row_pairs * 2][groups] fp32: weight scale per row and group (group_size a multiple
 //              of 32, so every window pair lies in one group; groups == 1: per channel)
-// 2:4 weights are the case of exactly 8 slots per row and window: one step per window pair.
+// 2:4 weights are packed *uniform*: one step per window pair, row A in slots 0..7 and row B in
+// slots 8..15 of each half (counts all 1, sel all 0xF0F0), which kernels may rely on when
+// `uniform` is set (the packer and the op's proof guarantee it).
 //
 // act = dynamic (W8A8): tokens are quantized as int8_linear does (symmetric per token, +-127);
 //   the integer dot products over the stored values are exact (int32) and
@@ -49,6 +51,7 @@ struct PackedSparseInt8 {
   int64_t groups = 1;
   int64_t group_size = 0;  // columns per group; 0 when groups == 1
   int64_t steps = 0;
+  bool uniform = false;
   const int8_t* values = nullptr;
   const uint8_t* idx = nullptr;
   const uint16_t* sel = nullptr;

@@ -8,12 +8,16 @@ Structured pruning that physically shrinks models: structured.prune_channels (L1
 Quantization to Int8Linear: quant.quantize_ptq (observers + calibration), quant.prepare_qat /
   convert_qat (fake quant with a straight-through estimator).
 Distillation (distillation_loss, distill) and low-rank SVD factorisation (low_rank).
+Pruned + int8 together (joint.py): sparsify_quantize (SparseGPT with the rounding inside its sweep, or
+  Wanda / magnitude then output-MSE PTQ), gradual_sparse_qat (gradual pruning + KD + QAT); both record
+  each layer's int8 q and scales for packing.
 Weight sharing (Deep Compression): cluster_weights (per-row / per-group k-means tables, storage report
   with Huffman coding), finetune_centroids (trained quantization of the shared values).
 """
 from . import heads, layer_drop, quant, structured
 from .cluster import ClusteredLayer, ClusterResult, cluster_weights, finetune_centroids
 from .distill import causal_lm_forward, causal_lm_labels, distill, distillation_loss
+from .joint import QuantizedWeight, SparseQuantResult, fake_quantize_inputs, gradual_sparse_qat, sparsify_quantize
 from .heads import head_importance, prune_heads, prune_heads_by_importance
 from .layer_drop import drop_layers, layer_importance
 from .low_rank import choose_rank, factorize_linear, low_rank
@@ -38,5 +42,6 @@ __all__ = [
     "distillation_loss", "distill", "causal_lm_forward", "causal_lm_labels",
     "choose_rank", "factorize_linear", "low_rank",
     "cluster_weights", "finetune_centroids", "ClusterResult", "ClusteredLayer",
+    "sparsify_quantize", "gradual_sparse_qat", "fake_quantize_inputs", "SparseQuantResult", "QuantizedWeight",
     "heads", "layer_drop", "quant", "structured",
 ]

@@ -8,7 +8,7 @@ paper's layer-by-layer procedure instead."""
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -45,11 +45,24 @@ def input_hessians(model: nn.Module, batches: Iterable, forward: Forward = None,
     return {name: sums.hessian(name) for name in layers}
 
 
+# round_column(col, values [rows]) -> values on a quantization grid (zeros must stay zero)
+ColumnRounder = Callable[[int, torch.Tensor], torch.Tensor]
+
+
 def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
                     n_m: Optional[tuple[int, int]] = None, block_size: int = 128,
-                    damping: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+                    damping: float = 0.01, round_column: Optional[ColumnRounder] = None,
+                    mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(pruned and updated weight, keep-mask) for one [out, in] weight. Damping adds
-    damping * mean(diag H) to the diagonal, as the paper does, so H stays invertible."""
+    damping * mean(diag H) to the diagonal, as the paper does, so H stays invertible.
+
+    round_column (the paper's joint sparsification + quantization, sec. 3.5): each kept column is
+    rounded with it right after its mask is known, and its rounding error is spread over the later
+    columns through H^-1 exactly like the pruning error (GPTQ/OBQ). Called once per column, in
+    order, with float64 values on the weight's device.
+
+    mask: a fixed keep-mask (bool [out, in]) to use instead of choosing one (sparsity and n_m are
+    then ignored); e.g. a float pass's mask, so that a rounding pass prunes the same weights."""
     rows, cols = weight.shape
     w = weight.detach().double().clone()
     h = hessian.double().clone()
@@ -61,9 +74,15 @@ def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     except RuntimeError as error:  # torch.linalg.LinAlgError subclasses RuntimeError
         raise ValueError(f"Hessian not positive definite even after damping={damping}; raise damping") from error
-    mask = torch.ones(rows, cols, dtype=torch.bool)
+    choose = mask is None
+    if choose:
+        mask = torch.ones(rows, cols, dtype=torch.bool)
+    elif not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != weight.shape:
+        raise ValueError(f"mask must be a bool tensor of the weight's shape {tuple(weight.shape)}")
+    else:
+        mask = mask.cpu().clone()
     n, m = n_m if n_m is not None else (0, 0)
-    if n_m is not None:  # an N:M group must not straddle two blocks
+    if n_m is not None and choose:  # an N:M group must not straddle two blocks
         block_size = -(-block_size // m) * m
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
@@ -71,7 +90,7 @@ def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         h_block = h_inv[start:end, start:end]
         diag = torch.diagonal(h_block)
         errors = torch.zeros_like(block)
-        if n_m is None:  # OBS saliency w^2 / [H^-1]_jj^2, lowest `sparsity` of the block pruned
+        if n_m is None and choose:  # OBS saliency w^2 / [H^-1]_jj^2, lowest `sparsity` of the block pruned
             saliency = block ** 2 / diag[None, :] ** 2
             prune = math.floor(sparsity * saliency.numel())
             if prune:
@@ -81,7 +100,7 @@ def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
                 mask[:, start:end] = block_mask.view(rows, end - start)
         for j in range(end - start):
             col = start + j
-            if n_m is not None and (col % m) == 0:
+            if n_m is not None and choose and (col % m) == 0:
                 width = min(m, cols - col)
                 group = block[:, j:j + width] ** 2 / diag[None, j:j + width] ** 2
                 drop = max(0, width - n)
@@ -89,6 +108,8 @@ def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
                     lowest = torch.sort(group, dim=1, stable=True).indices[:, :drop]
                     mask[:, col:col + width].scatter_(1, lowest, False)
             kept = block[:, j] * mask[:, col]
+            if round_column is not None:
+                kept = round_column(col, kept)
             err = (block[:, j] - kept) / diag[j]
             block[:, j:] -= err[:, None] * h_block[j, j:][None, :]
             block[:, j] = kept
@@ -97,6 +118,46 @@ def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         w[:, end:] -= errors @ h_inv[start:end, end:]
     w *= mask
     return w.to(weight.dtype), mask
+
+
+def check_sparsegpt_options(sparsity: float, n_m: Optional[tuple[int, int]], block_size: int,
+                            damping: float) -> None:
+    """ValueError for arguments sparsegpt_layer cannot run with."""
+    if n_m is None:
+        check_sparsity(sparsity)
+    elif not (isinstance(n_m, tuple) and len(n_m) == 2 and all(isinstance(v, int) for v in n_m)
+              and 0 <= n_m[0] <= n_m[1] and n_m[1] >= 1):
+        raise ValueError(f"n_m must be a tuple (n, m) of integers with 0 <= n <= m, got {n_m!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if not damping > 0:
+        raise ValueError(f"damping must be > 0, got {damping!r}")
+
+
+def for_each_hessian(model: nn.Module, batches: Iterable, visit: Callable[[str, nn.Module, torch.Tensor], None],
+                     forward: Forward = None, filter: LayerFilter = None, sequential: bool = False,
+                     progress: bool = False) -> None:
+    """visit(name, module, H) for every Linear-like layer: H from one pass over the unchanged model,
+    or (sequential=True) group by group in execution order from the inputs the model as changed by
+    the earlier visits produces."""
+    layers = prunable_layers(model, filter, linear_only=True)
+    if not sequential:
+        for name, hessian in input_hessians(model, batches, forward, filter, progress).items():
+            visit(name, layers[name], hessian)
+        return
+    sums = HessianSums()
+
+    def visit_group(names: list[str]) -> None:
+        for name in names:
+            visit(name, layers[name], sums.hessian(name))
+
+    sequential_inputs(model, layers, batches, forward, sums.add, visit_group, progress)
+
+
+def set_rows(module: nn.Module, rows: torch.Tensor) -> None:
+    """Copy an [out, in] weight into a Linear-like layer (a Conv1D stores it transposed)."""
+    with torch.no_grad():
+        module.weight.copy_(rows.t() if is_hf_conv1d(module) else rows)
 
 
 def prune_sparsegpt(model: nn.Module, batches: Iterable, sparsity: float = 0.5, forward: Forward = None,
@@ -108,35 +169,14 @@ def prune_sparsegpt(model: nn.Module, batches: Iterable, sparsity: float = 0.5, 
     sequential=True (the paper's procedure) prunes layer group by layer group in execution order,
     each on the Hessian of the inputs the model pruned so far produces: later layers compensate
     for the error of earlier ones. It costs one calibration pass per group."""
-    if n_m is None:
-        check_sparsity(sparsity)
-    elif not (isinstance(n_m, tuple) and len(n_m) == 2 and all(isinstance(v, int) for v in n_m)
-              and 0 <= n_m[0] <= n_m[1] and n_m[1] >= 1):
-        raise ValueError(f"n_m must be a tuple (n, m) of integers with 0 <= n <= m, got {n_m!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    if not damping > 0:
-        raise ValueError(f"damping must be > 0, got {damping!r}")
-    layers = prunable_layers(model, filter, linear_only=True)
+    check_sparsegpt_options(sparsity, n_m, block_size, damping)
     masks = {}
 
-    def prune_layer(name: str, hessian: torch.Tensor) -> None:
-        module = layers[name]
+    def prune_layer(name: str, module: nn.Module, hessian: torch.Tensor) -> None:
         weight = rows_view(module, module.weight.detach())
         pruned, keep = sparsegpt_layer(weight, hessian, sparsity, n_m, block_size, damping)
-        with torch.no_grad():
-            module.weight.copy_(pruned.t() if is_hf_conv1d(module) else pruned)
+        set_rows(module, pruned)
         masks[name] = keep.t().contiguous() if is_hf_conv1d(module) else keep
 
-    if not sequential:
-        for name, hessian in input_hessians(model, batches, forward, filter, progress).items():
-            prune_layer(name, hessian)
-        return PruningMasks(model, masks)
-    sums = HessianSums()
-
-    def prune_group(names: list[str]) -> None:
-        for name in names:
-            prune_layer(name, sums.hessian(name))
-
-    sequential_inputs(model, layers, batches, forward, sums.add, prune_group, progress)
+    for_each_hessian(model, batches, prune_layer, forward, filter, sequential, progress)
     return PruningMasks(model, masks)

@@ -65,7 +65,7 @@ class SparseInt8(PackedWeight):
         if not bool(torch.isfinite(scale).all()):
             raise ValueError("weight holds a NaN or an inf: it cannot be quantized")
         safe = torch.where(scale > 0, scale, torch.ones_like(scale)).unsqueeze(-1)
-        q = (grouped / safe).round_().clamp_(-QMAX, QMAX).to(torch.int8).view(rows, -1)[:, :cols]
+        q = (grouped / safe).round_().clamp_(-QMAX, QMAX).to(torch.int8).reshape(rows, groups * grouped.shape[-1])[:, :cols]
         cls._check_pattern(q, "weight")
         return cls._pack(q, scale, group_size, weight.dtype)
 
@@ -101,7 +101,7 @@ class SparseInt8(PackedWeight):
         qn = q.contiguous().numpy()
         row, col = np.nonzero(qn)  # row-major: sorted by row, then column
         packed = layout.pack(rows, cols, row.astype(np.int64), col.astype(np.int64), qn[row, col],
-                             scale.float().contiguous())
+                             scale.float().contiguous(), uniform=cls.STRUCTURE == "2:4")
         return cls((rows, cols), row.size, packed, group_size, dtype)
 
     # ------------------------------------------------------------------ canonical form
@@ -173,7 +173,8 @@ class SparseInt8(PackedWeight):
         s = self.scale()
         if self.group_size is None:
             return q * s
-        return (by_group(q, self.groups, self.group_size) * s.unsqueeze(-1)).view(self.rows, -1)[:, : self.cols]
+        grouped = by_group(q, self.groups, self.group_size) * s.unsqueeze(-1)
+        return grouped.reshape(self.rows, -1)[:, : self.cols].contiguous()
 
     def to(self, target=None, *, dtype: Optional[torch.dtype] = None, device=None) -> "SparseInt8":
         """The same weight for activations of another float dtype (packed data shared); CPU only."""
@@ -211,9 +212,10 @@ class Sparse24Int8(SparseInt8):
     @classmethod
     def _check_pattern(cls, q: torch.Tensor, name: str) -> None:
         rows, cols = q.shape
-        if cols % 4:
-            cls._fail(name, f"in_features must be a multiple of 4 for 2:4, got {cols}")
-        per_group = (q != 0).view(rows, cols // 4, 4).sum(-1)
+        groups = -(-cols // 4)
+        kept = torch.zeros(rows, groups * 4, dtype=torch.int32)
+        kept[:, :cols] = q != 0
+        per_group = kept.view(rows, groups, 4).sum(-1)
         if rows and cols and int(per_group.max()) > 2:
             r, g = (int(v) for v in (per_group > 2).nonzero()[0])
-            cls._fail(name, f"row {r}, columns {4 * g}..{4 * g + 3} hold more than 2 non-zeros (not 2:4)")
+            cls._fail(name, f"row {r}, columns {4 * g}..{min(cols, 4 * g + 4) - 1} hold more than 2 non-zeros (not 2:4)")

@@ -22,6 +22,7 @@ MAX_COLS = _C.build_info()["sparse_int8_max_cols"]
 WINDOW_PAIR = 2 * WINDOW
 LANE_SLOTS = 16
 MAX_STEPS_PER_CELL = 2  # a pair holds at most 32 slots in a window: two lanes
+UNIFORM_SEL = -3856  # int16 of 0xF0F0: slot pairs 4..7 of both halves are row B's
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class SparseInt8Packed:
     counts: torch.Tensor      # uint8 [row_pairs, kp / 32]
     pair_steps: torch.Tensor  # int64 [row_pairs + 1]
     scales: torch.Tensor      # fp32 [2 * row_pairs, groups]
+    uniform: bool = False     # one step per window pair, rows A / B in slots 0..7 / 8..15 (2:4)
 
     @property
     def steps(self) -> int:
@@ -53,17 +55,24 @@ def padded_cols(cols: int) -> int:
 
 
 def pack(rows: int, cols: int, row: np.ndarray, col: np.ndarray, value: np.ndarray,
-         scales: torch.Tensor) -> SparseInt8Packed:
+         scales: torch.Tensor, uniform: bool = False) -> SparseInt8Packed:
     """The layout of the non-zeros (row, col, int8 value), sorted by row then column (callers
-    prove that), with fp32 scales [rows, groups]."""
+    prove that), with fp32 scales [rows, groups]. `uniform` (at most 8 non-zeros per row and
+    window, as 2:4 guarantees): row B starts at slot 8 and every window pair has one step."""
     pairs, kp = ceil_div(rows, 2), padded_cols(cols)
     windows, wpairs = kp // WINDOW, kp // WINDOW_PAIR
     cell = row * windows + col // WINDOW
     per_cell = np.bincount(cell, minlength=2 * pairs * windows).reshape(2 * pairs, windows)
     padded = per_cell + (per_cell & 1)               # each row's run padded to whole slot pairs
-    slots_a, slots = padded[0::2], padded[0::2] + padded[1::2]
-    lanes = -(-slots // LANE_SLOTS)                  # [pairs, windows]
-    counts = np.maximum(lanes[:, 0::2], lanes[:, 1::2]).astype(np.uint8)  # [pairs, wpairs]
+    if uniform:
+        if per_cell.size and int(per_cell.max()) > LANE_SLOTS // 2:
+            raise ValueError(f"a uniform layout takes at most {LANE_SLOTS // 2} non-zeros per row and window")
+        slots_a = np.full((pairs, windows), LANE_SLOTS // 2, np.int64)
+        counts = np.ones((pairs, wpairs), np.uint8)
+    else:
+        slots_a, slots = padded[0::2], padded[0::2] + padded[1::2]
+        lanes = -(-slots // LANE_SLOTS)              # [pairs, windows]
+        counts = np.maximum(lanes[:, 0::2], lanes[:, 1::2]).astype(np.uint8)  # [pairs, wpairs]
     step_base = np.zeros(pairs * wpairs + 1, np.int64)
     np.cumsum(counts.reshape(-1), out=step_base[1:])
     steps = int(step_base[-1])
@@ -78,6 +87,8 @@ def pack(rows: int, cols: int, row: np.ndarray, col: np.ndarray, value: np.ndarr
     nibble = np.zeros((steps, 2, LANE_SLOTS), np.uint8)
     nibble[step, half, slot] = col % WINDOW
     is_b = np.zeros((steps, 2, LANE_SLOTS // 2), np.uint16)
+    if uniform:
+        is_b[:, :, LANE_SLOTS // 4:] = 1
     is_b[step, half, slot // 2] = in_b
     sel = (is_b.reshape(steps, LANE_SLOTS) << np.arange(LANE_SLOTS, dtype=np.uint16)).sum(1, dtype=np.uint16)
     pair_steps = np.append(step_base[np.arange(pairs) * wpairs], steps).astype(np.int64)
@@ -85,7 +96,7 @@ def pack(rows: int, cols: int, row: np.ndarray, col: np.ndarray, value: np.ndarr
     padded_scales[:rows] = scales
     return SparseInt8Packed(torch.from_numpy(values), torch.from_numpy(nibble[:, 0] | (nibble[:, 1] << 4)),
                             torch.from_numpy(sel.view(np.int16)), torch.from_numpy(counts),
-                            torch.from_numpy(pair_steps), padded_scales)
+                            torch.from_numpy(pair_steps), padded_scales, uniform)
 
 
 def unpack(p: SparseInt8Packed, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,3 +138,5 @@ def prove(p: SparseInt8Packed, rows: int, cols: int, groups: int) -> None:
     np.cumsum(p.counts.numpy().sum(1, dtype=np.int64), out=starts[1:])
     if not np.array_equal(starts, p.pair_steps.numpy()) or starts[-1] != steps:
         raise ValueError("pair_steps: must be the prefix sums of the pairs' counts, ending at the number of steps")
+    if p.uniform and (bool((p.counts != 1).any()) or bool((p.sel != UNIFORM_SEL).any())):
+        raise ValueError("a uniform layout has one step per window pair and row B in slots 8..15 of each half")

@@ -10,6 +10,7 @@ import torch
 from ..benchmarks.report import machine_info
 from . import methods as m
 from .measure import forward_seconds, state_bytes
+from .sparse_int8 import sparse_int8_recipes
 from .tasks import Task, char_lm_task, digits_cnn_task, digits_mlp_task
 
 
@@ -43,6 +44,7 @@ def recipes(task: Task, fast: bool) -> dict[str, m.Recipe]:
             "sparsegpt 2:4": m.sparsegpt(0.0, n_m=(2, 4), lm=True),
             **m.lm_extras(steps),
             **m.weight_sharing_recipes(steps, lm=True),
+            **sparse_int8_recipes(task, long_steps),
         }
     return {
         "dense": m.dense,
@@ -52,11 +54,14 @@ def recipes(task: Task, fast: bool) -> dict[str, m.Recipe]:
         "gradual 90% + KD": m.gradual_distill(0.9, long_steps),
         "taylor 70%": m.taylor(0.7),
         "wanda 50%": m.wanda(0.5),
+        "sparsegpt 50%": m.sparsegpt(0.5),
+        "sparsegpt 2:4": m.sparsegpt(0.0, n_m=(2, 4)),
         "2:4 one-shot": m.n_m_finetune(0),
         "2:4 + finetune": m.n_m_finetune(steps),
         "low-rank": m.low_rank(0.9, steps),
         **m.structured_recipes(task, steps),
         **m.weight_sharing_recipes(steps),
+        **sparse_int8_recipes(task, long_steps),
     }
 
 
@@ -108,7 +113,9 @@ def format_table(rows: list[Row]) -> str:
                  "the LM's output head stays dense when pruning); ft = finetune;\n"
                  "int4 and k-means rows hold fake-quantized float weights: their size is the packed size "
                  "(4-bit values + fp16 scales or tables), b/w = bits per weight (DC: Deep Compression's "
-                 "Huffman-coded storage)")
+                 "Huffman-coded storage);\n"
+                 "'+ int8' rows (pruned + int8) hold q*scale float weights with int8-rounded inputs per token "
+                 "(W8A8 as the kernels compute it): size = sparse-int8 packed size, speed not meaningful")
     return "\n".join(lines)
 
 
@@ -117,7 +124,8 @@ def check_targets(rows: list[Row]) -> list[tuple[str, bool, str]]:
     found = {(r.task, r.method): r for r in rows}
     checks = []
     for task in sorted({r.task for r in rows if r.metric_name == "accuracy %"}):
-        for method, limit in (("int8 PTQ W8A8", 0.5), ("2:4 + finetune", 1.0), ("gradual 90% + KD", 2.0)):
+        for method, limit in (("int8 PTQ W8A8", 0.5), ("2:4 + finetune", 1.0), ("gradual 90% + KD", 2.0),
+                              ("90% + int8 + KD", 1.0)):
             row = found.get((task, method))
             if row is not None:
                 checks.append((f"{task}: {method} drops <= {limit} pt", -row.delta <= limit,
@@ -128,6 +136,12 @@ def check_targets(rows: list[Row]) -> list[tuple[str, bool, str]]:
             if wanda and mag:
                 checks.append((f"{task}: Wanda beats magnitude at 50% one-shot, per {group}",
                                wanda.metric < mag.metric, f"ppl {wanda.metric:.2f} vs {mag.metric:.2f}"))
+        for joint, alone in (("50% + int8", "sparsegpt"), ("2:4 + int8", "sparsegpt 2:4")):
+            both, float_only = found.get((task, joint)), found.get((task, alone))
+            if both and float_only:
+                ratio = both.metric / float_only.metric
+                checks.append((f"{task}: {joint} (SparseGPT joint, W8A8) ppl within 3% of {alone} alone",
+                               ratio <= 1.03, f"ppl {both.metric:.3f} vs {float_only.metric:.3f} ({ratio - 1:+.2%})"))
     return checks
 
 
