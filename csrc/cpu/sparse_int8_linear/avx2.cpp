@@ -183,13 +183,16 @@ void weight_only_pair(const PackedSparseInt8& w, const float* x, int64_t t0, int
           const __m256 wf = _mm256_cvtepi32_ps(
               _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.values + s * 32 + 16 * h + j0))));
           const __m256 is_b = _mm256_load_ps(reinterpret_cast<const float*>(kPairMasks.m[(w.sel[s] >> (8 * h + j0 / 2)) & 15]));
-          const __m256 wa = _mm256_andnot_ps(is_b, wf), wb = _mm256_and_ps(is_b, wf);
+          // The activations are masked, not the weights: x of a padding slot or of the other
+          // row's slot must not meet a zero weight (an inf would turn into NaN).
+          const __m256 stored = _mm256_cmp_ps(wf, _mm256_setzero_ps(), _CMP_NEQ_UQ);
+          const __m256 in_a = _mm256_andnot_ps(is_b, stored), in_b = _mm256_and_ps(is_b, stored);
           for (int t = 0; t < T; ++t) {
             const float* xw = x + (t0 + t) * w.kp + wp * 32 + 16 * h;
             const __m256 xg = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(xw), id),
                                                _mm256_permutevar8x32_ps(_mm256_loadu_ps(xw + 8), id), hi);
-            acc_a[t] = _mm256_fmadd_ps(wa, xg, acc_a[t]);
-            acc_b[t] = _mm256_fmadd_ps(wb, xg, acc_b[t]);
+            acc_a[t] = _mm256_fmadd_ps(wf, _mm256_and_ps(xg, in_a), acc_a[t]);
+            acc_b[t] = _mm256_fmadd_ps(wf, _mm256_and_ps(xg, in_b), acc_b[t]);
           }
         }
       }

@@ -50,7 +50,10 @@ void weight_only_ref(const PackedSparseInt8& w, const float* x, int64_t m, int64
       double sum[2] = {0.0, 0.0};  // one long sequential sum: double keeps it as accurate as the vector tiers
       for (int64_t g = 0; g < w.groups; ++g) {
         double part[2] = {0.0, 0.0};
-        for_each_slot(w, p, g, [&](int8_t v, int64_t col, bool b) { part[b] += double(v) * xt[col]; });
+        // Only stored weights meet x: a padding slot (value 0) must not turn an inf into NaN.
+        for_each_slot(w, p, g, [&](int8_t v, int64_t col, bool b) {
+          if (v != 0) part[b] += double(v) * xt[col];
+        });
         for (int r = 0; r < 2; ++r) sum[r] += part[r] * spi8_scale(w, 2 * p + r, g);
       }
       spi8_store_pair(w, p, t, static_cast<float>(sum[0]), static_cast<float>(sum[1]), out);

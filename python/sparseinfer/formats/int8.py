@@ -225,9 +225,9 @@ class Int8(PackedWeight):
                              "products hold without overflow")
 
     @classmethod
-    def validate_quantized(cls, qweight, scale, group_size: Optional[int]) -> torch.Tensor:
-        """Prove canonical arrays are well formed; returns scale as [rows, groups] or raises
-        FormatError."""
+    def validate_quantized(cls, qweight, scale, group_size: Optional[int], max_cols: int = MAX_COLS) -> torch.Tensor:
+        """Prove canonical arrays are well formed (at most `max_cols` columns: the caller's
+        kernels' limit); returns scale as [rows, groups] or raises FormatError."""
         for name, t in (("qweight", qweight), ("scale", scale)):
             if not isinstance(t, torch.Tensor):
                 _fail(name, f"must be a torch.Tensor, got {type(t).__name__}")
@@ -240,8 +240,8 @@ class Int8(PackedWeight):
         except ValueError as exc:
             _fail("group_size", str(exc))
         rows, cols = qweight.shape
-        if cols > MAX_COLS:
-            _fail("qweight", f"in_features {cols} exceeds {MAX_COLS} (int32 accumulation limit)")
+        if cols > max_cols:
+            _fail("qweight", f"in_features {cols} exceeds {max_cols} (int32 accumulation limit)")
         groups = _groups(cols, group_size)
         if scale.dtype not in FLOAT_DTYPES:
             _fail("scale", f"dtype must be one of {FLOAT_DTYPES}, got {scale.dtype}")

@@ -76,7 +76,7 @@ class SparseInt8(PackedWeight):
         pruned weights zero, ``scale`` float [rows], [rows, 1] or [rows, groups]. ``dtype`` is
         the activation dtype (default: the scale's)."""
         try:
-            scale = Int8.validate_quantized(qweight, scale, group_size)
+            scale = Int8.validate_quantized(qweight, scale, group_size, max_cols=MAX_COLS)
         except FormatError as exc:
             cls._fail(exc.array, exc.detail)
         cls._check_cols(qweight.shape[1])

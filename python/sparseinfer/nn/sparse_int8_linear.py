@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..formats.int8 import check_act
+from ..formats.sparse24 import Sparse24
 from ..formats.sparse_int8 import MAX_COLS, CsrInt8, Sparse24Int8
 from ..ops.sparse_int8 import sparse_int8_linear
 from .canonical_state import CanonicalWeightModule
@@ -80,3 +81,11 @@ class Sparse24Int8Linear(_SparseInt8Linear):
     """2:4 sparsity with int8 values (format ``2:4+int8``)."""
 
     FORMAT = Sparse24Int8
+
+    @staticmethod
+    def conversion_blocker(weight: torch.Tensor, sparsity: float, min_sparsity: float) -> Optional[str]:
+        """Why sparsify() leaves this dense weight alone (not 2:4, or too wide)."""
+        problem = Sparse24.first_violation(weight)
+        if problem is not None:
+            return f"not 2:4: {problem}"
+        return _SparseInt8Linear.conversion_blocker(weight, sparsity, min_sparsity)
