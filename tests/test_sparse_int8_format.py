@@ -271,7 +271,7 @@ def test_uniform_pack_round_trip_and_limit():
     row, col = np.nonzero(q.numpy())
     p = layout.pack(5, 70, row, col, q.numpy()[row, col], torch.ones(5, 1), uniform=True)
     layout.prove(p, 5, 70, 1)
-    assert p.uniform and bool((p.counts == 1).all()) and bool((p.sel == layout.UNIFORM_SEL).all())
+    assert p.uniform and bool((p.counts == 1).all())
     assert np.array_equal(layout.unpack(p, 5, 70)[1], col)
     row, col = np.zeros(9, np.int64), np.arange(9, dtype=np.int64)  # 9 in one window of one row
     with pytest.raises(ValueError, match="at most 8"):
@@ -285,16 +285,14 @@ def test_byte_placement_follows_the_spec():
     q[1, :16] = torch.arange(10, 26, dtype=torch.int8)
     q[1, 17] = 4
     p = CsrInt8.from_quantized(q, torch.ones(2)).packed
-    # window 0: A's 2 slots + B's 16 = 18 -> 2 lanes; window 1: A's 1 (padded to 2) + B's 1 (to 2).
+    # window 0: A's 2 in slots 0..7, B's 16 in slots 8..15 of 2 lanes; window 1: A's 1, B's 1.
     assert p.counts.tolist() == [[2]] and p.pair_steps.tolist() == [0, 2]
-    assert p.values[0, :16].tolist() == [1, 2] + list(range(10, 24))
-    assert p.values[1, :16].tolist() == [24, 25] + [0] * 14
-    assert p.values[0, 16:].tolist() == [3, 0, 4, 0] + [0] * 12 and p.values[1, 16:].tolist() == [0] * 16
-    assert [v & 15 for v in p.idx[0].tolist()] == [3, 5] + list(range(14))
-    assert [v >> 4 for v in p.idx[0, :4].tolist()] == [4, 0, 1, 0]
-    sel = p.sel.numpy().view(np.uint16).tolist()
-    assert sel[0] == 0b0000_0010_1111_1110  # half 0: slot pairs 1..7 are B's; half 1: pair 1 is B's
-    assert sel[1] == 0b0000_0000_0000_0001  # step 1: B's last two (14, 15) in pair 0
+    assert p.values[0, :16].tolist() == [1, 2] + [0] * 6 + list(range(10, 18))
+    assert p.values[1, :16].tolist() == [0] * 8 + list(range(18, 26))
+    assert p.values[0, 16:].tolist() == [3] + [0] * 7 + [4] + [0] * 7 and p.values[1, 16:].tolist() == [0] * 16
+    assert [v & 15 for v in p.idx[0].tolist()] == [3, 5] + [0] * 6 + list(range(8))
+    assert [v & 15 for v in p.idx[1].tolist()] == [0] * 8 + list(range(8, 16))
+    assert [v >> 4 for v in p.idx[0].tolist()] == [4] + [0] * 7 + [1] + [0] * 7
 
 
 def _packed(cls=CsrInt8, rows=6, cols=70, group_size=None):
@@ -302,7 +300,7 @@ def _packed(cls=CsrInt8, rows=6, cols=70, group_size=None):
 
 
 def _replace(p, **changes):
-    fields = dict(zip(("values", "idx", "sel", "counts", "pair_steps", "scales"), p.tensors()), uniform=p.uniform)
+    fields = dict(zip(("values", "idx", "counts", "pair_steps", "scales"), p.tensors()), uniform=p.uniform)
     return layout.SparseInt8Packed(**{**fields, **changes})
 
 
@@ -322,7 +320,6 @@ TAMPERED = [
     ("counts_dtype", lambda p: _replace(p, counts=p.counts.to(torch.int32)), "counts"),
     ("values_short", lambda p: _replace(p, values=p.values[:-1].contiguous()), "idx|values|pair_steps"),
     ("idx_width", lambda p: _replace(p, idx=p.idx[:, :8].contiguous()), "idx"),
-    ("sel_dtype", lambda p: _replace(p, sel=p.sel.to(torch.int32)), "sel"),
     ("scales_groups", lambda p: _replace(p, scales=torch.zeros(p.scales.shape[0], 2)), "scales"),
     ("scales_rows", lambda p: _replace(p, scales=p.scales[:-2].contiguous()), "scales"),
     ("values_not_contiguous", lambda p: _replace(p, values=torch.cat([p.values, p.values], 1)[:, ::2]), "values"),
@@ -341,10 +338,6 @@ def test_prove_rejects_tampered_layouts(tamper, match):
 def test_prove_rejects_a_uniform_layout_that_is_not():
     w = _packed(Sparse24Int8)
     layout.prove(w.packed, w.rows, w.cols, 1)
-    sel = w.packed.sel.clone()
-    sel[3] = 0
-    with pytest.raises(ValueError, match="uniform"):
-        layout.prove(_replace(w.packed, sel=sel), w.rows, w.cols, 1)
     counts = w.packed.counts.clone()  # 2 steps in one cell, 0 in the next: sums still agree
     counts[0, 0], counts[0, 1] = 2, 0
     with pytest.raises(ValueError, match="uniform"):
@@ -355,7 +348,7 @@ def test_prove_rejects_a_uniform_layout_that_is_not():
 
 def _raw(w, x, **changes):
     p = w.packed
-    args = dict(x=x, values=p.values, idx=p.idx, sel=p.sel, counts=p.counts, pair_steps=p.pair_steps, scales=p.scales,
+    args = dict(x=x, values=p.values, idx=p.idx, counts=p.counts, pair_steps=p.pair_steps, scales=p.scales,
                 bias=None, rows=w.rows, cols=w.cols, group_size=w.group_size or 0, uniform=p.uniform, act="dynamic")
     args.update(changes)
     return torch.ops.sparseinfer.sparse_int8_linear(*args.values())
@@ -367,7 +360,7 @@ def test_custom_op_rejects_tampered_layouts(tamper, match):
     x = torch.randn(3, w.cols)
     assert torch.equal(_raw(w, x), ops.sparse_int8_linear(x, w))
     bad = tamper(w.packed)
-    fields = dict(zip(("values", "idx", "sel", "counts", "pair_steps", "scales"), bad.tensors()), uniform=bad.uniform)
+    fields = dict(zip(("values", "idx", "counts", "pair_steps", "scales"), bad.tensors()), uniform=bad.uniform)
     with pytest.raises(ValueError, match=match):
         _raw(w, x, **fields)
     with pytest.raises(ValueError, match=match):  # the backward's dense weight
@@ -398,6 +391,6 @@ def test_custom_op_reproves_a_layout_mutated_in_place():
 def test_validate_catches_in_place_tampering():
     w = _packed(Sparse24Int8)
     w.validate()
-    w.packed.sel[0] = 0
-    with pytest.raises(ValueError, match="uniform"):
+    w.packed.counts[0, 0] = 2
+    with pytest.raises(ValueError, match="uniform|pair_steps"):
         w.validate()

@@ -148,13 +148,14 @@ def test_weight_only_matches_reference(isa, fmt, dtype, m):
 
 
 def test_zoo_exercises_the_layout_corners():
-    """The weights above reach what they are named for: two steps per window pair (dense), one
-    full lane next to an empty row, empty rows and an odd last row."""
+    """The weights above reach what they are named for: two steps per window pair (dense), a row
+    with 16 in one window next to an empty row (two lanes: a row has 8 slots per lane), empty
+    rows and an odd last row."""
     special = _named("csr+int8", "special-rows", None)
     counts = special.packed.counts
     assert counts.shape == (5, 3)
     assert counts[3].tolist() == [2, 2, 1]          # rows 6, 7 dense: 2 steps per full window pair
-    assert counts[1, 0] == 1 and counts[2, 0] == 1  # 16 in one window beside an empty row: one lane
+    assert counts[1, 0] == 2 and counts[2, 0] == 2  # 16 in one window beside an empty row: two lanes
     assert torch.equal(special.qweight()[[0, 3, 4]], torch.zeros(3, 70, dtype=torch.int8))
     assert int(_named("csr+int8", "5x300-dense-g64", None).packed.counts.max()) == 2
     for _, w in _zoo("2:4+int8", torch.float32):

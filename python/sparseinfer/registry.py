@@ -23,7 +23,8 @@ from .nn import (CodebookLinear, CSRLinear, CsrInt8Linear, Int4Linear, Int8Linea
                  Sparse24Linear)
 from .ops import (csr_linear, csr_linear_path, int8_linear, int8_linear_path, lut4_linear, lut4_linear_path,
                   sparse24_linear, sparse24_linear_path, sparse_int8_linear, sparse_int8_linear_path)
-from .distributed.shard import shard_24, shard_codebook, shard_csr, shard_int4, shard_int8
+from .distributed.shard import (shard_24, shard_24_int8, shard_codebook, shard_csr, shard_csr_int8, shard_int4,
+                                shard_int8)
 
 # compressed-tensors sparsity formats (sparsity_config.format) our layers are saved as
 SPARSE_BITMASK = "sparse-bitmask"
@@ -269,7 +270,7 @@ register(WeightFormat(
     options=_SPARSE_INT8_OPTIONS, op_options=("act",), sparsity_format=SPARSE_BITMASK,
     sparsity_structure="unstructured", quant_scheme=lambda layer: (layer.act, layer.group_size), exact=False,
     tunable_sparsity=True, bench_sparsities=(0.5, 0.7, 0.9), bench_dtype=torch.float32,
-    baselines=("dense", "int8_w8a8", "int8_weight_only"), prune=prune_magnitude_layer))
+    baselines=("dense", "int8_w8a8", "int8_weight_only"), prune=prune_magnitude_layer, shard=shard_csr_int8))
 
 register(WeightFormat(
     name="2:4+int8", summary="2:4 semi-structured sparsity with int8 values (per channel or group scales); "
@@ -278,7 +279,7 @@ register(WeightFormat(
     options=_SPARSE_INT8_OPTIONS, op_options=("act",), sparsity_format=SPARSE_24_BITMASK,
     sparsity_structure="2:4", quant_scheme=lambda layer: (layer.act, layer.group_size), exact=False,
     bench_dtype=torch.float32, baselines=("dense", "int8_w8a8", "int8_weight_only"),
-    prune=lambda weight, sparsity: prune_2_4(weight)))
+    prune=lambda weight, sparsity: prune_2_4(weight), shard=shard_24_int8))
 
 # The sparsity format a checkpoint falls back to when its layers mix several (it holds any pattern).
 GENERAL_SPARSITY_FORMAT = "csr"

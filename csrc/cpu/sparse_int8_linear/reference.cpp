@@ -20,8 +20,7 @@ void for_each_slot(const PackedSparseInt8& w, int64_t p, int64_t g, F&& f) {
       for (int h = 0; h < 2; ++h)
         for (int j = 0; j < 16; ++j) {
           const int col = static_cast<int>((w.idx[s * 16 + j] >> (4 * h)) & 15);
-          const bool row_b = (w.sel[s] >> (8 * h + j / 2)) & 1;
-          f(w.values[s * 32 + 16 * h + j], wp * kSpI8WindowPair + 16 * h + col, row_b);
+          f(w.values[s * 32 + 16 * h + j], wp * kSpI8WindowPair + 16 * h + col, j >= 8);
         }
   }
 }

@@ -5,24 +5,24 @@
 // Packed layout ("window lanes", built once by python/sparseinfer/formats/sparse_int8_layout.py,
 // validated there). Rows go in pairs (A = 2p, B = 2p + 1; an odd last row pairs with a zero row);
 // columns in windows of 16 and window pairs of 32 (columns padded with zeros to kp, a multiple
-// of 32). The non-zeros of a pair in one window fill *lanes* of 16 slots: row A's, then row B's,
-// each row's run padded to an even length (so every 2-slot pair belongs to one row), in column
-// order; a slot holds an int8 value and the 4-bit column of its value inside the window (a
-// padding slot holds value 0). A window pair's lanes form *steps* of 32 slots: lane i of the even
-// window in slots 0..15 and lane i of the odd window in slots 16..31 (an empty lane when one
-// window has fewer), so one 256-bit load of the activations (the window pair) serves a step and
-// `vpshufb` gathers every slot's activation inside its 128-bit half.
+// of 32). The non-zeros of a pair in one window fill *lanes* of 16 slots: row A's in slots 0..7,
+// row B's in slots 8..15, in column order (a row with more than 8 in the window goes on in the
+// next lane); a slot holds an int8 value and the 4-bit column of its value inside the window (a
+// padding slot holds value 0, column 0). A window pair's lanes form *steps* of 32 slots: lane i
+// of the even window in slots 0..15 and lane i of the odd window in slots 16..31 (an empty lane
+// when one window has fewer), so one 256-bit load of the activations (the window pair) serves a
+// step, `vpshufb` gathers every slot's activation inside its 128-bit half, and every group of 4
+// slots belongs to one row (int32 lanes 0, 1, 4, 5 of a `vpmaddwd` are row A's).
 //   values     [steps][32] int8
 //   idx        [steps][16] uint8: slot s of the even window in the low nibble, of the odd window
 //              in the high nibble
-//   sel        [steps] uint16: bit (8 h + j) set when the slot pair j of half h belongs to row B
 //   counts     [row_pairs][kp / 32] uint8: steps of each (pair, window pair), 0..2
 //   pair_steps [row_pairs + 1] int64: the first step of each pair (the last entry is the total)
 //   scales     [row_pairs * 2][groups] fp32: weight scale per row and group (group_size a multiple
 //              of 32, so every window pair lies in one group; groups == 1: per channel)
-// 2:4 weights are packed *uniform*: one step per window pair, row A in slots 0..7 and row B in
-// slots 8..15 of each half (counts all 1, sel all 0xF0F0), which kernels may rely on when
-// `uniform` is set (the packer and the op's proof guarantee it).
+// 2:4 weights (at most 8 per row and window) are packed *uniform*: exactly one step per window
+// pair (counts all 1), which kernels may rely on when `uniform` is set (the packer and the op's
+// proof guarantee it).
 //
 // act = dynamic (W8A8): tokens are quantized as int8_linear does (symmetric per token, +-127);
 //   the integer dot products over the stored values are exact (int32) and
@@ -54,7 +54,6 @@ struct PackedSparseInt8 {
   bool uniform = false;
   const int8_t* values = nullptr;
   const uint8_t* idx = nullptr;
-  const uint16_t* sel = nullptr;
   const uint8_t* counts = nullptr;
   const int64_t* pair_steps = nullptr;
   const float* scales = nullptr;

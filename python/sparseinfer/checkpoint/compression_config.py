@@ -13,7 +13,24 @@ uniform grid) plus the versioned section ``quantization_config.sparseinfer_codeb
                              "config_groups": {"group_2": {"group_size": 64}}}
 
 (``group_size`` null: one table per output channel). compressed-tensors, transformers and vLLM
-refuse the unknown group format instead of loading those layers wrongly."""
+refuse the unknown group format instead of loading those layers wrongly.
+
+Sparse layers are sparseinfer's own checkpoint format from now on: compressed-tensors >= 0.15
+marks its sparse formats legacy (vLLM and transformers no longer load them), so we keep their
+0.14 layouts (``sparse-bitmask``, ``sparse-24-bitmask``) ourselves, still readable from the files
+llm-compressor wrote. Sparse layers with int8 values (csr+int8, 2:4+int8) are the compound
+format compressed-tensors 0.14 writes for a sparse W8A8 model (and for weight-only int8 when
+int-quantized is named; left to infer, it writes those pack-quantized, dense, or marlin-24):
+the sparsity_config plus an ``int-quantized`` config group on the same layers (8-bit symmetric
+channel or group weights; input_activations int8 dynamic per token, or null for weight-only),
+whose sparse compressor ran on the int8 weights: ``compressed`` holds int8 values,
+``weight_scale`` [rows, groups] lies beside them. A checkpoint we write with such layers
+carries the versioned section::
+
+    "sparseinfer_sparse": {"version": 1}
+
+Files without it (llm-compressor's) read as version 1; a newer version is refused.
+compressed-tensors 0.14 ignores the section and decompresses these files."""
 from __future__ import annotations
 
 import re
@@ -32,8 +49,10 @@ DENSE = "dense"
 INT_QUANTIZED = "int-quantized"
 NAIVE_QUANTIZED = "naive-quantized"
 PACK_QUANTIZED = "pack-quantized"
-# what a sparsity_config may name: dense, or the layout of a registered format
-SPARSITY_FORMATS = (DENSE,) + tuple(s.sparsity_format for s in registry.FORMATS.values() if s.sparsity_format)
+# what a sparsity_config may name: dense, or the layout of a registered format (float and int8
+# formats share a layout: listed once)
+SPARSITY_FORMATS = (DENSE,) + tuple(dict.fromkeys(s.sparsity_format for s in registry.FORMATS.values()
+                                                  if s.sparsity_format))
 MIXED_PRECISION = "mixed-precision"  # the top-level format when config groups differ in format
 CODEBOOK = "sparseinfer-codebook"  # sparseinfer's codebook layout (a config group format)
 CODEBOOK_SECTION = "sparseinfer_codebook"
@@ -45,6 +64,18 @@ QUANT_FORMATS = (INT_QUANTIZED, NAIVE_QUANTIZED, PACK_QUANTIZED, CODEBOOK)
 KNOWN_UNSUPPORTED = ("float-quantized", "marlin-24", MIXED_PRECISION, "nvfp4-pack-quantized",
                      "mxfp4-pack-quantized")
 STRATEGIES = ("tensor", "channel", "group")
+SPARSE_SECTION = "sparseinfer_sparse"  # sparseinfer's sparse checkpoint format (compound layers)
+SPARSE_VERSION = 1
+# config group formats whose int8 ``weight`` compressed-tensors' sparse compressors compress
+SPARSE_QUANT_FORMATS = (INT_QUANTIZED, NAIVE_QUANTIZED)
+
+
+def sparse_format(sparsity_format: Optional[str], int8_values: bool) -> Optional["registry.WeightFormat"]:
+    """The registered format saved in `sparsity_format`'s layout with float values (csr, 2:4)
+    or with int8 values plus weight_scale (csr+int8, 2:4+int8); None if there is none."""
+    return next((s for s in registry.FORMATS.values()
+                 if s.sparsity_format is not None and s.sparsity_format == sparsity_format
+                 and (s.quant_scheme is not None) == int8_values), None)
 
 
 def _where(path: str) -> str:
@@ -221,6 +252,24 @@ def _codebook_section(qc: dict, codebook_groups: list[str]) -> dict[str, Optiona
     return out
 
 
+def _sparse_section(qc: dict) -> Optional[int]:
+    """The version of the ``sparseinfer_sparse`` section, validated; None when absent (files
+    llm-compressor wrote: version 1)."""
+    section = _get(qc, SPARSE_SECTION, "", dict)
+    if section is None:
+        return None
+    path = SPARSE_SECTION + "."
+    unknown = sorted(set(section) - {"version"})
+    if unknown:
+        raise CheckpointError(f"{_where(path + unknown[0])} is not a version-{SPARSE_VERSION} key (known: ['version'])")
+    version = _get(section, "version", path, int, required=True)
+    if version != SPARSE_VERSION:
+        raise CheckpointError(f"{_where(path + 'version')} is {version}; this sparseinfer reads sparse checkpoint "
+                              f"format version {SPARSE_VERSION}" + (" (the checkpoint is newer: upgrade sparseinfer)"
+                                                                    if version > SPARSE_VERSION else ""))
+    return version
+
+
 def _activation_mode(acts: Optional[dict], path: str) -> tuple[str, Optional[str]]:
     if acts is None:
         return "none", None
@@ -252,6 +301,7 @@ class CompressionConfig:
     sparsity_format: Optional[str]
     sparsity_targets: list[str]
     sparsity_ignore: list[str]
+    sparse_version: Optional[int] = None  # the sparseinfer_sparse section's, if the file has one
 
     @classmethod
     def parse(cls, qc: Any) -> "CompressionConfig":
@@ -288,7 +338,8 @@ class CompressionConfig:
         if sparsity_format is not None:
             _check_format(sparsity_format, "sparsity_config.format", SPARSITY_FORMATS)
         return cls(groups, _names(qc, "ignore", ""), sparsity_format,
-                   _names(sc, "targets", "sparsity_config."), _names(sc, "ignore", "sparsity_config."))
+                   _names(sc, "targets", "sparsity_config."), _names(sc, "ignore", "sparsity_config."),
+                   _sparse_section(qc))
 
     def scheme_for(self, name: str, module: nn.Module) -> Optional[WeightScheme]:
         if _matches(name, module, self.ignore):
@@ -316,15 +367,20 @@ def _activation_args(act: str) -> Optional[dict]:
 
 def build(sparse: dict[str, tuple[str, list[str]]], quantized: dict[tuple, list[str]],
           quant_format: str, global_sparsity: float,
-          codebook: Optional[dict[tuple[str, Optional[int]], list[str]]] = None) -> Optional[dict]:
+          codebook: Optional[dict[tuple[str, Optional[int]], list[str]]] = None,
+          sparse_int8: Optional[dict[tuple, list[str]]] = None) -> Optional[dict]:
     """``quantization_config`` for a save. `sparse` maps a sparsity format to its sparsity
     structure and layer names (one format per checkpoint), `quantized` maps a registry
     quant_scheme ((act, group_size) for int8, (act, group_size, bits, symmetric) otherwise) to
-    layer names, `codebook` maps (act, group_size) to codebook layer names. `quant_format` is
-    the format of the 8-bit groups; other widths are always pack-quantized. One config group per
-    distinct scheme, each naming its format; the top-level format is the common one, or
+    layer names, `codebook` maps (act, group_size) to codebook layer names, `sparse_int8` maps
+    a quant_scheme to the sparse layers with int8 values (also named in `sparse`). `quant_format`
+    is the format of the 8-bit groups; other widths are always pack-quantized, and sparse int8
+    layers always int-quantized (their int8 ``weight`` is what the sparse layout compresses, as
+    compressed-tensors 0.14 writes it; they add the ``sparseinfer_sparse`` section). One config
+    group per distinct scheme and format; the top-level format is the common one, or
     mixed-precision when they differ."""
     codebook = codebook or {}
+    sparse_int8 = sparse_int8 or {}
     if not sparse and not quantized and not codebook:
         return None
     qc: dict[str, Any] = {"quant_method": QUANT_METHOD, "version": LAYOUT_VERSION, "transform_config": {}}
@@ -336,13 +392,15 @@ def build(sparse: dict[str, tuple[str, list[str]]], quantized: dict[tuple, list[
             "registry_requires_subclass": False}
     else:
         qc["sparsity_config"] = {}
-    if quantized or codebook:
+    if quantized or codebook or sparse_int8:
         merged: dict[tuple, list[str]] = {}
         for scheme, names in quantized.items():
-            merged.setdefault(quant_key(scheme), []).extend(names)
+            key = quant_key(scheme)
+            merged.setdefault(key + (quant_format if key[2] == 8 else PACK_QUANTIZED,), []).extend(names)
+        for scheme, names in sparse_int8.items():
+            merged.setdefault(quant_key(scheme) + (INT_QUANTIZED,), []).extend(names)
         groups = {}
-        for (act, group_size, bits, symmetric), names in sorted(merged.items(), key=lambda kv: str(kv[0])):
-            fmt = quant_format if bits == 8 else PACK_QUANTIZED
+        for (act, group_size, bits, symmetric, fmt), names in sorted(merged.items(), key=lambda kv: str(kv[0])):
             weights = {"num_bits": bits, "type": "int", "symmetric": symmetric, "dynamic": False,
                        "strategy": "channel" if group_size is None else "group", "group_size": group_size,
                        "actorder": None, "block_structure": None, "observer": "minmax", "observer_kwargs": {}}
@@ -358,6 +416,8 @@ def build(sparse: dict[str, tuple[str, list[str]]], quantized: dict[tuple, list[
         if tables:
             qc[CODEBOOK_SECTION] = {"version": CODEBOOK_VERSION, "index_bits": CODEBOOK_INDEX_BITS,
                                     "entries": CODEBOOK_ENTRIES, "config_groups": tables}
+        if sparse_int8:
+            qc[SPARSE_SECTION] = {"version": SPARSE_VERSION}
         formats = {g["format"] for g in groups.values()}
         qc.update(config_groups=groups, format=formats.pop() if len(formats) == 1 else MIXED_PRECISION,
                   ignore=[], kv_cache_scheme=None, global_compression_ratio=None, quantization_status="compressed")

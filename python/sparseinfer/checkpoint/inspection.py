@@ -123,6 +123,9 @@ def _describe(reader: TensorReader, prefix: str, leaves: set[str], config: cc.Co
         return _info(prefix, cc.DENSE, *shape, dtype, _zeros(reader.get(key("weight"))), stored)
     rows, cols, dtype, layer = _validated(reader, prefix, kind, config)
     stored = sum(reader.nbytes(key(leaf)) for leaf in leaves if leaf != "bias")
+    if kind == "sparse" and reader.shape_dtype(key("compressed"))[1] == "I8":
+        # int8 values + weight_scale; the zeros count from the values (a 2:4 layout may store zeros)
+        return _info(prefix, f"{config.sparsity_format} int8", rows, cols, dtype, _weight_zeros(layer), stored)
     if kind == "sparse":
         nnz = int(popcount(reader.get(key("bitmask"))).sum())
         fmt = config.sparsity_format

@@ -1,7 +1,7 @@
 """One Linear's stored tensors -> the layer that runs them: the layer of the registered format
-whose layout they are in (CSRLinear / Sparse24Linear / Int8Linear / Int4Linear / CodebookLinear
-today), or a dense weight where no kernel of ours pays. Every array is validated here, once,
-before a kernel sees it; errors name the tensor."""
+whose layout they are in (CSRLinear / Sparse24Linear / CsrInt8Linear / Sparse24Int8Linear /
+Int8Linear / Int4Linear / CodebookLinear today), or a dense weight where no kernel of ours pays.
+Every array is validated here, once, before a kernel sees it; errors name the tensor."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -18,6 +18,7 @@ from ..formats.bits import unpack_bits
 from ..formats.groups import GROUP_MULTIPLE
 from ..formats.int8 import MAX_COLS
 from ..formats.lut4 import MAX_COLS as LUT4_MAX_COLS
+from ..formats.sparse_int8 import MAX_COLS as SPARSE_INT8_LAYOUT_MAX_COLS
 from ..nn.linear_like import is_hf_conv1d, linear_features
 from . import compression_config as cc
 from .errors import CheckpointError
@@ -28,6 +29,11 @@ SPARSE_KEYS = ("shape", "compressed", "bitmask")
 # Above this sparsity CSR beats the 2:4 kernel even on a 2:4-compatible weight.
 CSR_OVER_24_SPARSITY = 0.7
 MAX_FEATURES = 2**31 - 1  # a stored weight shape beyond this is corrupt (and overflows int32 indices)
+# the widest sparse int8 weight that loads: from_quantized also applies the int8 format's limit
+SPARSE_INT8_MAX_COLS = min(SPARSE_INT8_LAYOUT_MAX_COLS, MAX_COLS)
+# the rank of ``compressed`` in each sparsity layout, checked here for int8 values (the formats
+# validate a float copy of them, whose errors would name the copy's dtype)
+COMPRESSED_RANK = {cc.SPARSE_BITMASK: 1, cc.SPARSE_24_BITMASK: 2}
 
 
 class Notes:
@@ -128,15 +134,14 @@ def decode_layer(reader: TensorReader, name: str, module: nn.Module, kind: str, 
 
 def _decode_sparse(reader, name, module, features, config, min_sparsity, notes) -> nn.Module:
     fmt = config.sparsity_format
-    spec = registry.for_sparsity_format(fmt)
+    spec = cc.sparse_format(fmt, int8_values=False)
     if spec is None:
         raise CheckpointError(f"tensor {name}.compressed is stored, but config.json quantization_config."
                               f"sparsity_config.format is {fmt!r} (needs one of {list(cc.SPARSITY_FORMATS[1:])})")
-    if reader.shape_dtype(f"{name}.compressed")[1] == "I8":
-        raise CheckpointError(f"layer {name}: sparse + quantized weights (int8 values in {fmt}) are not "
-                              "supported yet")
     rows, cols = stored_shape(reader, f"{name}.shape")
     checked_shape(name, (rows, cols), features, "shape")
+    if reader.shape_dtype(f"{name}.compressed")[1] == "I8":
+        return _decode_sparse_int8(reader, name, module, (rows, cols), config, notes)
     arrays = {key: reader.optional(f"{name}.{key}") for key in spec.layer_cls.state_keys()}
     arrays["shape"] = (rows, cols)  # proved above
     compressed = arrays["compressed"]
@@ -178,6 +183,72 @@ def _faster_than_general(name, arrays, shape, dtype, bias, min_sparsity, notes, 
                   "pays there)", name)
         return _fill_dense(module, dense.to(dtype), bias)
     return None
+
+
+def _decode_sparse_int8(reader, name, module, features, config, notes) -> nn.Module:
+    """A sparse layout holding int8 values (compressed-tensors' sparse + int-quantized composite)
+    with weight_scale beside them -> CsrInt8Linear / Sparse24Int8Linear, or the float sparse
+    layer of the dequantized weight where the sparse int8 kernels cannot run it."""
+    fmt = config.sparsity_format
+    key = f"{name}.compressed"
+    spec = cc.sparse_format(fmt, int8_values=True)
+    scheme = config.scheme_for(name, module)
+    if scheme is None:
+        raise CheckpointError(f"tensor {key} holds int8 values, but no config_groups entry of config.json "
+                              f"quantization_config targets layer {name} (its weight_scale and scheme)")
+    if scheme.format not in cc.SPARSE_QUANT_FORMATS:
+        raise CheckpointError(f"tensor {key} holds int8 values, but the config names {scheme.format!r} for {name} "
+                              f"(the int8 values of a sparse layer are {cc.INT_QUANTIZED!r})")
+    if spec is None:
+        raise CheckpointError(f"tensor {key} holds int8 values, but no registered format stores int8 values in {fmt}")
+    if not scheme.symmetric:
+        raise CheckpointError(f"layer {name}: asymmetric int8 weights in a sparse layout are not supported (a pruned "
+                              "weight is 0, which an asymmetric grid does not hold)")
+    if f"{name}.weight_g_idx" in reader:
+        raise CheckpointError(f"tensor {name}.weight_g_idx: activation-order (g_idx) weights are not supported")
+    rows, cols = features
+    scale = reader.get(f"{name}.weight_scale")
+    if scale.dtype not in FLOAT_DTYPES:
+        raise CheckpointError(f"tensor {name}.weight_scale: dtype must be one of {FLOAT_DTYPES}, got {scale.dtype}")
+    if scheme.strategy == "tensor":
+        if scale.numel() != 1:
+            raise CheckpointError(f"tensor {name}.weight_scale: per-tensor scale must hold one value, "
+                                  f"got shape {tuple(scale.shape)}")
+        scale = scale.reshape(1, 1).expand(rows, 1).contiguous()
+    group_size = scheme.group_size
+    if group_size is not None and group_size >= cols:
+        group_size = None  # one group per row: per channel
+    scale = _per_group(scale, rows, cols, group_size, name)
+    zero_point = _zero_points(reader, name, "int8", scheme, scale.shape)
+    if zero_point is not None and bool((zero_point != 0).any()):
+        raise CheckpointError(f"tensor {name}.weight_zero_point: must be all zero (the config says the weights of "
+                              f"{name} are symmetric)")
+    dtype = _float_dtype(module, scale.dtype)
+    bias = _bias(reader, name, module, rows, dtype)
+    arrays = {k: reader.optional(f"{name}.{k}") for k in spec.format_cls.canonical_keys() if k != "weight_scale"}
+    arrays.update(shape=(rows, cols), weight_scale=scale)  # both proved above
+    rank = COMPRESSED_RANK.get(fmt)
+    if rank is not None and arrays["compressed"].dim() != rank:
+        raise CheckpointError(f"tensor {key}: must be {rank}-D in {fmt}, got int8 of shape "
+                              f"{tuple(arrays['compressed'].shape)}")
+    why = (f"in_features {cols} > {SPARSE_INT8_MAX_COLS}" if cols > SPARSE_INT8_MAX_COLS
+           else f"group_size {group_size} is not a multiple of {GROUP_MULTIPLE}"
+           if group_size is not None and group_size % GROUP_MULTIPLE else None)
+    try:
+        if why is None:
+            if scheme.act_note:
+                notes.add(scheme.act_note, name)
+            weight = spec.format_cls.from_canonical(arrays, group_size, dtype)
+            return _with_weight(spec.layer_cls, weight, bias, dtype, act=scheme.act)
+        floats = cc.sparse_format(fmt, int8_values=False)
+        q = floats.format_cls.from_canonical(dict(arrays, compressed=arrays["compressed"].float())).to_dense()
+    except FormatError as exc:
+        stored = {"qweight": "compressed", "scale": "weight_scale"}.get(exc.array, exc.array)
+        raise CheckpointError(f"tensor {name}.{stored}: {exc.detail}" if stored else f"layer {name}: {exc}") from None
+    notes.add(f"sparse int8 weights that the sparse int8 kernels cannot run ({why}) run dequantized as "
+              f"{floats.name} float weights", name)
+    dense = _dequantize(q, scale, torch.zeros_like(scale), group_size).to(dtype)
+    return _with_weight(floats.layer_cls, floats.format_cls.from_dense(dense), bias, dtype)
 
 
 def _with_weight(layer_cls, weight, bias: Optional[torch.Tensor], dtype: torch.dtype, **attrs) -> nn.Module:

@@ -25,9 +25,12 @@ def load(directory: str, model: Optional[nn.Module] = None, *, min_sparsity: flo
     its config.json when `model` is None (parameters on meta, so nothing is initialised twice).
 
     Compressed layers become CSRLinear (sparse-bitmask at >= `min_sparsity`), Sparse24Linear
-    (sparse-24-bitmask, or 2:4-shaped sparse-bitmask below 70% sparsity), Int8Linear
-    (int-quantized / pack-quantized 8-bit), Int4Linear (4-bit pack-quantized, symmetric or not),
-    CodebookLinear (sparseinfer-codebook), or a dense weight
+    (sparse-24-bitmask, or 2:4-shaped sparse-bitmask below 70% sparsity), CsrInt8Linear /
+    Sparse24Int8Linear (sparse-bitmask / sparse-24-bitmask holding int8 values under an
+    int-quantized config group: compressed-tensors 0.14's sparse W8A8 / W8A16 composite, e.g.
+    llm-compressor's "2of4 ... int8 ... BitM" models; act from input_activations; any sparsity),
+    Int8Linear (int-quantized / pack-quantized 8-bit), Int4Linear (4-bit pack-quantized,
+    symmetric or not), CodebookLinear (sparseinfer-codebook), or a dense weight
     where none of our kernels pays or applies (a warning names the layers). Raises CheckpointError,
     naming the file or tensor, on any malformed, missing or unsupported data. Returns the model
     in eval mode, on the CPU (move it with .to() afterwards).

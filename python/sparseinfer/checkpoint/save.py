@@ -2,8 +2,12 @@
 layout (each registered format's layers as its sparsity format, e.g. sparse-bitmask or
 sparse-24-bitmask, and/or its quantization scheme: int8 as int-quantized or 8-bit
 pack-quantized, int4 as 4-bit pack-quantized; everything else dense), readable by
-compressed-tensors. Codebook layers are sparseinfer's own layout (a ``sparseinfer-codebook``
-config group; see compression_config), which compressed-tensors refuses rather than misreads."""
+compressed-tensors. Sparse layouts are sparseinfer's own checkpoint format from now on
+(compressed-tensors >= 0.15 marks them legacy); we write them as compressed-tensors 0.14 did,
+sparse layers with int8 values (csr+int8, 2:4+int8) as its sparse + int-quantized composite
+with the ``sparseinfer_sparse`` version section (see compression_config). Codebook layers are
+sparseinfer's own layout (a ``sparseinfer-codebook`` config group), which compressed-tensors
+refuses rather than misreads."""
 from __future__ import annotations
 
 import os
@@ -28,8 +32,13 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
     (the Hugging Face config when the model has one) with ``quantization_config``.
 
     Sparse layers are stored in their format's sparsity layout when all share one (e.g. all
-    Sparse24Linear: sparse-24-bitmask), else all in the general one (sparse-bitmask). Int8Linear
-    layers are stored as `quant_format`: "int-quantized" (int8 weight, what vLLM reads) or
+    Sparse24Linear: sparse-24-bitmask), else all in the general one (sparse-bitmask).
+    CsrInt8Linear / Sparse24Int8Linear layers are sparse layers whose ``compressed`` values are
+    their int8 weights, with ``weight_scale`` beside them and an int-quantized config group
+    (whatever `quant_format` says: the composite compressed-tensors 0.14 writes; its decompress
+    runs one quantization compressor per checkpoint, so keep the default quant_format when a
+    model has both sparse int8 and Int8Linear layers and compressed-tensors must read it).
+    Int8Linear layers are stored as `quant_format`: "int-quantized" (int8 weight, what vLLM reads) or
     "pack-quantized" (8-bit values in int32 words); Int4Linear layers always as 4-bit
     pack-quantized (asymmetric ones with their zero points packed along dim 0, as
     compressed-tensors does), CodebookLinear layers as sparseinfer-codebook (indices packed like
@@ -52,6 +61,7 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
     sparse_layers: dict[str, nn.Module] = {}
     sparse_formats: dict[str, registry.WeightFormat] = {}
     quantized: dict[tuple, list[str]] = {}
+    sparse_int8: dict[tuple, list[str]] = {}  # sparse layers with int8 values: their quant schemes
     codebook: dict[tuple, list[str]] = {}
     for name, module in model.named_modules():
         spec = registry.for_layer(module)
@@ -61,7 +71,8 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
             sparse_layers[name] = module
             sparse_formats[name] = spec
         if spec.quant_scheme is not None:
-            quantized.setdefault(cc.quant_key(spec.quant_scheme(module)), []).append(name)
+            schemes = quantized if spec.sparsity_format is None else sparse_int8
+            schemes.setdefault(cc.quant_key(spec.quant_scheme(module)), []).append(name)
         elif spec.format_cls is Codebook:
             codebook.setdefault((module.act, module.group_size), []).append(name)
         elif spec.sparsity_format is None:
@@ -70,11 +81,12 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
     tensors = _unique_cpu_tensors(model.state_dict())
     if len({s.sparsity_format for s in sparse_formats.values()}) > 1:
         # one sparsity format per checkpoint: the general one, which holds any pattern
-        general = registry.get(registry.GENERAL_SPARSITY_FORMAT)
+        general = registry.get(registry.GENERAL_SPARSITY_FORMAT).sparsity_format
         for name, spec in list(sparse_formats.items()):
-            if spec is not general:
-                _store_as(general, tensors, name, sparse_layers[name])
-                sparse_formats[name] = general
+            if spec.sparsity_format != general:
+                target = cc.sparse_format(general, int8_values=spec.quant_scheme is not None)
+                _store_as(target, tensors, name, sparse_layers[name])
+                sparse_formats[name] = target
     for (_, _, bits, symmetric), names in quantized.items():
         for name in names:
             if bits != 8:  # the layer's own state is pack-quantized already
@@ -86,7 +98,7 @@ def save(model: nn.Module, directory: str, *, quant_format: str = cc.INT_QUANTIZ
     if sparse_layers:
         spec = next(iter(sparse_formats.values()))
         sparse = {spec.sparsity_format: (spec.sparsity_structure, list(sparse_layers))}
-    qc = cc.build(sparse, quantized, quant_format, _global_sparsity(sparse_layers.values()), codebook)
+    qc = cc.build(sparse, quantized, quant_format, _global_sparsity(sparse_layers.values()), codebook, sparse_int8)
 
     os.makedirs(directory, exist_ok=True)
     files = write_tensors(tensors, directory, max_shard_bytes)  # each file replaced atomically, links not followed
@@ -114,8 +126,14 @@ def _unique_cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def _store_as(spec: registry.WeightFormat, tensors: dict, name: str, layer: nn.Module) -> None:
-    """Replace a layer's canonical arrays in `tensors` by those of format `spec` (same weight)."""
-    converted = spec.layer_cls.from_weight(spec.format_cls.from_dense(layer.weight.to_dense().cpu()))
+    """Replace a layer's canonical arrays in `tensors` by those of format `spec` (same weight:
+    float values, or the same int8 values and scales)."""
+    w = layer.weight
+    if spec.quant_scheme is None:
+        converted = spec.layer_cls.from_weight(spec.format_cls.from_dense(w.to_dense().cpu()))
+    else:
+        converted = spec.layer_cls.from_weight(spec.format_cls.from_quantized(w.qweight(), w.scale(), w.group_size,
+                                                                              dtype=w.dtype), act=layer.act)
     state = converted.state_dict()
     for key in layer.state_keys():
         tensors.pop(f"{name}.{key}", None)

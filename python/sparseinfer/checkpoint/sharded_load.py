@@ -247,8 +247,8 @@ def _load_linear_shard(reader, name, module, dim, start, stop, config, min_spars
 def _rule(kind: str, config: CompressionConfig, name: str, module: nn.Module, keys):
     """(shard rule, its options) for a stored layer of `kind` with tensors `keys`: the registered
     format's rule, else the rule of its checkpoint layout; (None, {}) when there is neither."""
-    if kind == "sparse":
-        spec = registry.for_sparsity_format(config.sparsity_format)
+    if kind == "sparse":  # a weight_scale beside the sparse arrays: they hold int8 values
+        spec = cc.sparse_format(config.sparsity_format, int8_values="weight_scale" in set(keys))
         return (None, {}) if spec is None else (spec.shard, {})  # None: decode_layer names the problem
     scheme = config.scheme_for(name, module)
     if scheme is None:

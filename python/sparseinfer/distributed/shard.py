@@ -393,3 +393,29 @@ def shard_dense(weight, dim: int, start: int, stop: int) -> torch.Tensor:
     rows, cols = tuple(weight.shape)
     check_bounds(dim, start, stop, rows, cols)
     return _read(weight, slice(start, stop) if dim == 0 else (slice(None), slice(start, stop))).contiguous()
+
+
+def _shard_sparse_int8(fmt: str, sparse_rule, sparse_keys: set, arrays: dict, dim: int, start: int, stop: int,
+                       group_size: Optional[int]) -> dict:
+    """A sparse layout holding int8 values (cut by `sparse_rule`) plus weight_scale (rows, or
+    column groups on group boundaries)."""
+    _refuse_extra(fmt, arrays, sparse_keys | {"weight_scale"})
+    rows, cols = _shape2(fmt, arrays["shape"])
+    check_bounds(dim, start, stop, rows, cols)
+    out = _shard_scales(fmt, arrays, ("weight_scale",), rows, cols, dim, start, stop, group_size)
+    out.update(sparse_rule({k: v for k, v in arrays.items() if k in sparse_keys}, dim, start, stop))
+    return out
+
+
+def shard_csr_int8(arrays: dict, dim: int, start: int, stop: int, group_size: Optional[int] = None,
+                   **_options) -> dict:
+    """csr+int8: the sparse-bitmask arrays as shard_csr cuts them, weight_scale beside them."""
+    return _shard_sparse_int8("csr+int8", shard_csr, {"shape", "compressed", "bitmask", "row_offsets"}, arrays,
+                              dim, start, stop, group_size)
+
+
+def shard_24_int8(arrays: dict, dim: int, start: int, stop: int, group_size: Optional[int] = None,
+                  **_options) -> dict:
+    """2:4+int8: the sparse-24-bitmask arrays as shard_24 cuts them, weight_scale beside them."""
+    return _shard_sparse_int8("2:4+int8", shard_24, {"shape", "compressed", "bitmask"}, arrays, dim, start, stop,
+                              group_size)

@@ -2,9 +2,9 @@
 see csrc/include/sparseinfer/sparse_int8_linear.h for the byte-level statement).
 
 Rows go in pairs, columns in windows of 16. A pair's non-zeros in one window fill 16-slot lanes
-(row A's then row B's, each run padded to an even length), each slot an int8 value and its 4-bit
-column in the window; lane i of windows 2j and 2j + 1 form step i of window pair j, the unit one
-256-bit load of activations serves. Packing and unpacking are vectorised numpy over the
+(row A's in slots 0..7, row B's in 8..15, a row with more going on in the next lane), each slot
+an int8 value and its 4-bit column in the window; lane i of windows 2j and 2j + 1 form step i of
+window pair j, the unit one 256-bit load of activations serves. Packing and unpacking are vectorised numpy over the
 non-zeros; :func:`prove` re-checks what the kernels' memory safety rests on.
 """
 from __future__ import annotations
@@ -21,26 +21,25 @@ WINDOW = _C.build_info()["sparse_int8_window"]
 MAX_COLS = _C.build_info()["sparse_int8_max_cols"]
 WINDOW_PAIR = 2 * WINDOW
 LANE_SLOTS = 16
-MAX_STEPS_PER_CELL = 2  # a pair holds at most 32 slots in a window: two lanes
-UNIFORM_SEL = -3856  # int16 of 0xF0F0: slot pairs 4..7 of both halves are row B's
+ROW_SLOTS = LANE_SLOTS // 2  # a row's slots in a lane
+MAX_STEPS_PER_CELL = 2  # a row holds at most 16 non-zeros in a window: two lanes
 
 
 @dataclass(frozen=True)
 class SparseInt8Packed:
     values: torch.Tensor      # int8 [steps, 32]
     idx: torch.Tensor         # uint8 [steps, 16]
-    sel: torch.Tensor         # int16 [steps] (the kernel reads uint16 bits)
     counts: torch.Tensor      # uint8 [row_pairs, kp / 32]
     pair_steps: torch.Tensor  # int64 [row_pairs + 1]
     scales: torch.Tensor      # fp32 [2 * row_pairs, groups]
-    uniform: bool = False     # one step per window pair, rows A / B in slots 0..7 / 8..15 (2:4)
+    uniform: bool = False     # exactly one step per window pair (2:4)
 
     @property
     def steps(self) -> int:
         return self.values.shape[0]
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return self.values, self.idx, self.sel, self.counts, self.pair_steps, self.scales
+        return self.values, self.idx, self.counts, self.pair_steps, self.scales
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
@@ -58,20 +57,18 @@ def pack(rows: int, cols: int, row: np.ndarray, col: np.ndarray, value: np.ndarr
          scales: torch.Tensor, uniform: bool = False) -> SparseInt8Packed:
     """The layout of the non-zeros (row, col, int8 value), sorted by row then column (callers
     prove that), with fp32 scales [rows, groups]. `uniform` (at most 8 non-zeros per row and
-    window, as 2:4 guarantees): row B starts at slot 8 and every window pair has one step."""
+    window, as 2:4 guarantees): every window pair has exactly one step."""
     pairs, kp = ceil_div(rows, 2), padded_cols(cols)
     windows, wpairs = kp // WINDOW, kp // WINDOW_PAIR
     cell = row * windows + col // WINDOW
     per_cell = np.bincount(cell, minlength=2 * pairs * windows).reshape(2 * pairs, windows)
-    padded = per_cell + (per_cell & 1)               # each row's run padded to whole slot pairs
+    lanes = -(-per_cell // ROW_SLOTS)                # [2 * pairs, windows]
+    lanes = np.maximum(lanes[0::2], lanes[1::2])    # [pairs, windows]: rows A and B share lanes
     if uniform:
-        if per_cell.size and int(per_cell.max()) > LANE_SLOTS // 2:
-            raise ValueError(f"a uniform layout takes at most {LANE_SLOTS // 2} non-zeros per row and window")
-        slots_a = np.full((pairs, windows), LANE_SLOTS // 2, np.int64)
+        if lanes.size and int(lanes.max()) > 1:
+            raise ValueError(f"a uniform layout takes at most {ROW_SLOTS} non-zeros per row and window")
         counts = np.ones((pairs, wpairs), np.uint8)
     else:
-        slots_a, slots = padded[0::2], padded[0::2] + padded[1::2]
-        lanes = -(-slots // LANE_SLOTS)              # [pairs, windows]
         counts = np.maximum(lanes[:, 0::2], lanes[:, 1::2]).astype(np.uint8)  # [pairs, wpairs]
     step_base = np.zeros(pairs * wpairs + 1, np.int64)
     np.cumsum(counts.reshape(-1), out=step_base[1:])
@@ -79,23 +76,18 @@ def pack(rows: int, cols: int, row: np.ndarray, col: np.ndarray, value: np.ndarr
     cell_start = np.zeros(per_cell.size + 1, np.int64)
     np.cumsum(per_cell.reshape(-1), out=cell_start[1:])
     pair, in_b, window = row // 2, row & 1, col // WINDOW
-    offset = np.arange(row.size, dtype=np.int64) - cell_start[cell] + in_b * slots_a[pair, window]
-    step = step_base[pair * wpairs + window // 2] + offset // LANE_SLOTS
-    slot, half = offset % LANE_SLOTS, window & 1
+    rank = np.arange(row.size, dtype=np.int64) - cell_start[cell]
+    step = step_base[pair * wpairs + window // 2] + rank // ROW_SLOTS
+    slot, half = rank % ROW_SLOTS + in_b * ROW_SLOTS, window & 1
     values = np.zeros((steps, 2 * LANE_SLOTS), np.int8)
     values[step, half * LANE_SLOTS + slot] = value
     nibble = np.zeros((steps, 2, LANE_SLOTS), np.uint8)
     nibble[step, half, slot] = col % WINDOW
-    is_b = np.zeros((steps, 2, LANE_SLOTS // 2), np.uint16)
-    if uniform:
-        is_b[:, :, LANE_SLOTS // 4:] = 1
-    is_b[step, half, slot // 2] = in_b
-    sel = (is_b.reshape(steps, LANE_SLOTS) << np.arange(LANE_SLOTS, dtype=np.uint16)).sum(1, dtype=np.uint16)
     pair_steps = np.append(step_base[np.arange(pairs) * wpairs], steps).astype(np.int64)
     padded_scales = torch.zeros(2 * pairs, scales.shape[1], dtype=torch.float32)
     padded_scales[:rows] = scales
     return SparseInt8Packed(torch.from_numpy(values), torch.from_numpy(nibble[:, 0] | (nibble[:, 1] << 4)),
-                            torch.from_numpy(sel.view(np.int16)), torch.from_numpy(counts),
+                            torch.from_numpy(counts),
                             torch.from_numpy(pair_steps), padded_scales, uniform)
 
 
@@ -107,11 +99,8 @@ def unpack(p: SparseInt8Packed, rows: int, cols: int) -> tuple[np.ndarray, np.nd
     values = p.values.numpy().reshape(-1, 2, LANE_SLOTS)
     idx = p.idx.numpy()
     nibble = np.stack((idx & 15, idx >> 4), axis=1)  # [steps, half, slot]
-    sel = p.sel.numpy().view(np.uint16)
-    is_b = (sel[:, None] >> np.arange(LANE_SLOTS, dtype=np.uint16)) & 1  # [steps, 16]: half * 8 + slot pair
-    is_b = is_b.reshape(-1, 2, LANE_SLOTS // 2).repeat(2, axis=2)
     s, h, j = np.nonzero(values)
-    row = 2 * pair[s] + is_b[s, h, j]
+    row = 2 * pair[s] + (j >= ROW_SLOTS)
     col = wpair[s] * WINDOW_PAIR + h * WINDOW + nibble[s, h, j]
     order = np.lexsort((col, row))
     return row[order], col[order], values[s, h, j][order]
@@ -122,7 +111,7 @@ def prove(p: SparseInt8Packed, rows: int, cols: int, groups: int) -> None:
     pair_steps the exclusive prefix sums of the pairs' counts ending at the number of steps."""
     pairs, kp = ceil_div(rows, 2), padded_cols(cols)
     expect = {"values": (p.values, torch.int8, None, 2 * LANE_SLOTS), "idx": (p.idx, torch.uint8, None, LANE_SLOTS),
-              "sel": (p.sel, torch.int16, None, None), "counts": (p.counts, torch.uint8, pairs, kp // WINDOW_PAIR),
+"counts": (p.counts, torch.uint8, pairs, kp // WINDOW_PAIR),
               "pair_steps": (p.pair_steps, torch.int64, pairs + 1, None),
               "scales": (p.scales, torch.float32, 2 * pairs, groups)}
     steps = p.values.shape[0] if p.values.dim() == 2 else -1
@@ -138,5 +127,5 @@ def prove(p: SparseInt8Packed, rows: int, cols: int, groups: int) -> None:
     np.cumsum(p.counts.numpy().sum(1, dtype=np.int64), out=starts[1:])
     if not np.array_equal(starts, p.pair_steps.numpy()) or starts[-1] != steps:
         raise ValueError("pair_steps: must be the prefix sums of the pairs' counts, ending at the number of steps")
-    if p.uniform and (bool((p.counts != 1).any()) or bool((p.sel != UNIFORM_SEL).any())):
-        raise ValueError("a uniform layout has one step per window pair and row B in slots 8..15 of each half")
+    if p.uniform and bool((p.counts != 1).any()):
+        raise ValueError("counts: a uniform layout has exactly one step per window pair")
