@@ -166,14 +166,14 @@ _LUT4_RAW_BAD = (
 
 def _sparse_int8_raw_args(w, x, bias, act="dynamic"):
     p = w.packed
-    return dict(x=x, values=p.values, idx=p.idx, counts=p.counts, pair_steps=p.pair_steps,
+    return dict(x=x, values=p.values, idx=p.idx, counts=p.counts, step_wp=p.step_wp, pair_steps=p.pair_steps,
                 scales=p.scales, bias=bias, rows=w.rows, cols=w.cols, group_size=w.group_size or 0,
                 uniform=p.uniform, act=act)
 
 
 def _sparse_int8_dense_args(w):
     p = w.packed
-    return (p.values, p.idx, p.counts, p.pair_steps, p.scales, w.rows, w.cols, w.group_size or 0, p.uniform)
+    return (p.values, p.idx, p.counts, p.step_wp, p.pair_steps, p.scales, w.rows, w.cols, w.group_size or 0, p.uniform)
 
 
 _SPARSE_INT8_RAW_BAD = (

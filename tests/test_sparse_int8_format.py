@@ -300,7 +300,7 @@ def _packed(cls=CsrInt8, rows=6, cols=70, group_size=None):
 
 
 def _replace(p, **changes):
-    fields = dict(zip(("values", "idx", "counts", "pair_steps", "scales"), p.tensors()), uniform=p.uniform)
+    fields = dict(zip(("values", "idx", "counts", "step_wp", "pair_steps", "scales"), p.tensors()), uniform=p.uniform)
     return layout.SparseInt8Packed(**{**fields, **changes})
 
 
@@ -340,7 +340,7 @@ def test_prove_rejects_a_uniform_layout_that_is_not():
     layout.prove(w.packed, w.rows, w.cols, 1)
     counts = w.packed.counts.clone()  # 2 steps in one cell, 0 in the next: sums still agree
     counts[0, 0], counts[0, 1] = 2, 0
-    with pytest.raises(ValueError, match="uniform"):
+    with pytest.raises(ValueError, match="uniform|step_wp"):
         layout.prove(_replace(w.packed, counts=counts), w.rows, w.cols, 1)
     with pytest.raises(ValueError, match="scales"):  # wrong rows / group count for the shape
         layout.prove(w.packed, w.rows, w.cols, 3)
@@ -348,7 +348,7 @@ def test_prove_rejects_a_uniform_layout_that_is_not():
 
 def _raw(w, x, **changes):
     p = w.packed
-    args = dict(x=x, values=p.values, idx=p.idx, counts=p.counts, pair_steps=p.pair_steps, scales=p.scales,
+    args = dict(x=x, values=p.values, idx=p.idx, counts=p.counts, step_wp=p.step_wp, pair_steps=p.pair_steps, scales=p.scales,
                 bias=None, rows=w.rows, cols=w.cols, group_size=w.group_size or 0, uniform=p.uniform, act="dynamic")
     args.update(changes)
     return torch.ops.sparseinfer.sparse_int8_linear(*args.values())
@@ -360,7 +360,7 @@ def test_custom_op_rejects_tampered_layouts(tamper, match):
     x = torch.randn(3, w.cols)
     assert torch.equal(_raw(w, x), ops.sparse_int8_linear(x, w))
     bad = tamper(w.packed)
-    fields = dict(zip(("values", "idx", "counts", "pair_steps", "scales"), bad.tensors()), uniform=bad.uniform)
+    fields = dict(zip(("values", "idx", "counts", "step_wp", "pair_steps", "scales"), bad.tensors()), uniform=bad.uniform)
     with pytest.raises(ValueError, match=match):
         _raw(w, x, **fields)
     with pytest.raises(ValueError, match=match):  # the backward's dense weight

@@ -20,7 +20,7 @@ SpI8Act act_from_code(int act, const char* op) {
 // The layout contents (counts, pair_steps) are proved by python/sparseinfer/ops/sparse_int8.py
 // before any pointer reaches this function; here only what the sizes show is checked.
 void linear(int64_t m_tokens, uintptr_t x, uintptr_t y, uintptr_t bias, int dtype, int64_t rows, int64_t cols,
-            uintptr_t values, uintptr_t idx, uintptr_t counts, uintptr_t pair_steps, int64_t steps,
+            uintptr_t values, uintptr_t idx, uintptr_t counts, uintptr_t step_wp, uintptr_t pair_steps, int64_t steps,
             bool uniform, uintptr_t scales, int64_t groups, int64_t group_size, int act, int num_threads) {
   constexpr const char* op = "sparse_int8_linear";
   require(m_tokens >= 0, op, "negative number of tokens");
@@ -44,11 +44,12 @@ void linear(int64_t m_tokens, uintptr_t x, uintptr_t y, uintptr_t bias, int dtyp
   w.uniform = uniform;
   require(!uniform || steps == w.row_pairs * (w.kp / kSpI8WindowPair), op,
           "a uniform layout has one step per (row pair, window pair)");
-  require(rows == 0 || (pair_steps && scales && (counts || w.kp == 0) && (steps == 0 || (values && idx))), op,
+  require(rows == 0 || (pair_steps && scales && (counts || w.kp == 0) && (steps == 0 || (values && idx && step_wp))), op,
           "null weight pointer");
   w.values = ptr<const int8_t>(values);
   w.idx = ptr<const uint8_t>(idx);
   w.counts = ptr<const uint8_t>(counts);
+  w.step_wp = ptr<const uint16_t>(step_wp);
   w.pair_steps = ptr<const int64_t>(pair_steps);
   w.scales = ptr<const float>(scales);
   call.m = m_tokens;
@@ -69,7 +70,7 @@ std::string path(int act, int64_t m_tokens) {
 
 void bind_sparse_int8_linear(py::module_& m) {
   m.def("sparse_int8_linear", &linear, py::arg("m"), py::arg("x"), py::arg("y"), py::arg("bias"), py::arg("dtype"),
-        py::arg("rows"), py::arg("cols"), py::arg("values"), py::arg("idx"), py::arg("counts"),
+        py::arg("rows"), py::arg("cols"), py::arg("values"), py::arg("idx"), py::arg("counts"), py::arg("step_wp"),
         py::arg("pair_steps"), py::arg("steps"), py::arg("uniform"), py::arg("scales"), py::arg("groups"), py::arg("group_size"),
         py::arg("act"), py::arg("num_threads"));
   m.def("sparse_int8_linear_path", &path, py::arg("act"), py::arg("m"));

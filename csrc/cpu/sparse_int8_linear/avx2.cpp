@@ -29,17 +29,15 @@ inline float hsum_ps(__m256 v) {
 }
 
 // f(step, window pair) for the steps of group g of pair p, in order; `s` is the pair's running
-// step index (the uniform layout has exactly one step per window pair and reads no counts).
+// step index (the uniform layout has exactly one step per window pair and reads no step_wp).
 template <bool kUniform, class F>
 inline void for_each_step(const PackedSparseInt8& w, int64_t p, int64_t g, int64_t& s, F&& f) {
-  const int64_t wps = w.kp / kSpI8WindowPair;
   const int64_t wp0 = spi8_group_begin(w, g), wp1 = spi8_group_end(w, g);
   if constexpr (kUniform) {
     for (int64_t wp = wp0; wp < wp1; ++wp, ++s) f(s, wp);
   } else {
-    const uint8_t* counts = w.counts + p * wps;
-    for (int64_t wp = wp0; wp < wp1; ++wp)
-      for (int n = counts[wp]; n > 0; --n, ++s) f(s, wp);
+    const int64_t s1 = w.pair_steps[p + 1];
+    for (int64_t wp; s < s1 && (wp = w.step_wp[s]) < wp1; ++s) f(s, wp);
   }
 }
 

@@ -17,6 +17,8 @@
 //   idx        [steps][16] uint8: slot s of the even window in the low nibble, of the odd window
 //              in the high nibble
 //   counts     [row_pairs][kp / 32] uint8: steps of each (pair, window pair), 0..2
+//   step_wp    [steps] uint16: the window pair of each step (counts spelled out, so the kernels
+//              walk a pair's steps in one flat loop)
 //   pair_steps [row_pairs + 1] int64: the first step of each pair (the last entry is the total)
 //   scales     [row_pairs * 2][groups] fp32: weight scale per row and group (group_size a multiple
 //              of 32, so every window pair lies in one group; groups == 1: per channel)
@@ -55,6 +57,7 @@ struct PackedSparseInt8 {
   const int8_t* values = nullptr;
   const uint8_t* idx = nullptr;
   const uint8_t* counts = nullptr;
+  const uint16_t* step_wp = nullptr;
   const int64_t* pair_steps = nullptr;
   const float* scales = nullptr;
 };

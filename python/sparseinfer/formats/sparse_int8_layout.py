@@ -30,6 +30,7 @@ class SparseInt8Packed:
     values: torch.Tensor      # int8 [steps, 32]
     idx: torch.Tensor         # uint8 [steps, 16]
     counts: torch.Tensor      # uint8 [row_pairs, kp / 32]
+    step_wp: torch.Tensor     # int16 [steps]: the window pair of each step (the kernel reads uint16)
     pair_steps: torch.Tensor  # int64 [row_pairs + 1]
     scales: torch.Tensor      # fp32 [2 * row_pairs, groups]
     uniform: bool = False     # exactly one step per window pair (2:4)
@@ -39,7 +40,7 @@ class SparseInt8Packed:
         return self.values.shape[0]
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return self.values, self.idx, self.counts, self.pair_steps, self.scales
+        return self.values, self.idx, self.counts, self.step_wp, self.pair_steps, self.scales
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
@@ -87,8 +88,15 @@ def pack(rows: int, cols: int, row: np.ndarray, col: np.ndarray, value: np.ndarr
     padded_scales = torch.zeros(2 * pairs, scales.shape[1], dtype=torch.float32)
     padded_scales[:rows] = scales
     return SparseInt8Packed(torch.from_numpy(values), torch.from_numpy(nibble[:, 0] | (nibble[:, 1] << 4)),
-                            torch.from_numpy(counts),
+                            torch.from_numpy(counts), torch.from_numpy(_step_windows(counts)),
                             torch.from_numpy(pair_steps), padded_scales, uniform)
+
+
+def _step_windows(counts: np.ndarray) -> np.ndarray:
+    """int16 [steps]: the window pair of every step, from counts [pairs, wpairs]."""
+    wpairs = counts.shape[1]
+    return np.repeat(np.tile(np.arange(wpairs, dtype=np.int16), counts.shape[0]),
+                     counts.reshape(-1).astype(np.int64))
 
 
 def unpack(p: SparseInt8Packed, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,6 +120,7 @@ def prove(p: SparseInt8Packed, rows: int, cols: int, groups: int) -> None:
     pairs, kp = ceil_div(rows, 2), padded_cols(cols)
     expect = {"values": (p.values, torch.int8, None, 2 * LANE_SLOTS), "idx": (p.idx, torch.uint8, None, LANE_SLOTS),
 "counts": (p.counts, torch.uint8, pairs, kp // WINDOW_PAIR),
+              "step_wp": (p.step_wp, torch.int16, None, None),
               "pair_steps": (p.pair_steps, torch.int64, pairs + 1, None),
               "scales": (p.scales, torch.float32, 2 * pairs, groups)}
     steps = p.values.shape[0] if p.values.dim() == 2 else -1
@@ -127,5 +136,7 @@ def prove(p: SparseInt8Packed, rows: int, cols: int, groups: int) -> None:
     np.cumsum(p.counts.numpy().sum(1, dtype=np.int64), out=starts[1:])
     if not np.array_equal(starts, p.pair_steps.numpy()) or starts[-1] != steps:
         raise ValueError("pair_steps: must be the prefix sums of the pairs' counts, ending at the number of steps")
+    if not np.array_equal(_step_windows(p.counts.numpy()), p.step_wp.numpy()):
+        raise ValueError("step_wp: must list the window pair of every step, as counts give them")
     if p.uniform and bool((p.counts != 1).any()):
         raise ValueError("counts: a uniform layout has exactly one step per window pair")

@@ -3,7 +3,7 @@ CsrInt8 and Sparse24Int8), on the CPU kernels; act="dynamic" (W8A8: activations 
 int8 per token, exact integer dot products, int8_linear's epilogue) or "none" (fp32 math over the
 stored weights). The custom op (torch.ops.sparseinfer.sparse_int8_linear, with a fake kernel)
 checks shapes and proves, once per layout, the contents its kernels' memory safety rests on
-(counts and pair_steps). Its backward (x and bias; the weight is frozen; straight-through for
+(counts, step_wp and pair_steps). Its backward (x and bias; the weight is frozen; straight-through for
 act="dynamic") goes through ops/autograd.py, with sparse_int8_dense rebuilding the weight."""
 from __future__ import annotations
 
@@ -21,32 +21,32 @@ from .autograd import register_frozen_weight_grad, via_custom_op
 from .checks import check_activation, check_bias, check_raw_x, on_tokens, ptr
 
 
-def _cpu_native(x, values, idx, counts, pair_steps, scales, bias, rows: int, cols: int, group_size: int,
+def _cpu_native(x, values, idx, counts, step_wp, pair_steps, scales, bias, rows: int, cols: int, group_size: int,
                 uniform: bool, act: str) -> torch.Tensor:
     y = torch.empty(x.shape[0], rows, dtype=x.dtype)
     _C.sparse_int8_linear(x.shape[0], ptr(x), ptr(y), ptr(bias), DTYPE_CODES[x.dtype], rows, cols, ptr(values),
-                          ptr(idx), ptr(counts), ptr(pair_steps), values.shape[0], uniform, ptr(scales),
+                          ptr(idx), ptr(counts), ptr(step_wp), ptr(pair_steps), values.shape[0], uniform, ptr(scales),
                           scales.shape[1], group_size, check_act(act), torch.get_num_threads())
     return y
 
 
 @torch.library.custom_op("sparseinfer::sparse_int8_linear", mutates_args=())
-def _cpu_op(x: torch.Tensor, values: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor,
+def _cpu_op(x: torch.Tensor, values: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor, step_wp: torch.Tensor,
             pair_steps: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor], rows: int, cols: int,
             group_size: int, uniform: bool, act: str) -> torch.Tensor:
     """y[m, rows] = x[m, cols] @ W.T + bias for the sparse int8 layout (formats/sparse_int8_layout.py);
     group_size 0 means per channel; uniform: the 2:4 layout."""
-    _check_weight(values, idx, counts, pair_steps, scales, rows, cols, group_size, uniform)
+    _check_weight(values, idx, counts, step_wp, pair_steps, scales, rows, cols, group_size, uniform)
     check_act(act)
     if x.dtype not in DTYPE_CODES:
         raise ValueError(f"x dtype must be one of {tuple(DTYPE_CODES)}, got {x.dtype}")
     check_raw_x(x, x.dtype, cols)
     check_bias(bias, x.dtype, rows)
-    return _cpu_native(x, values, idx, counts, pair_steps, scales, bias, rows, cols, group_size, uniform, act)
+    return _cpu_native(x, values, idx, counts, step_wp, pair_steps, scales, bias, rows, cols, group_size, uniform, act)
 
 
 @_cpu_op.register_fake
-def _(x, values, idx, counts, pair_steps, scales, bias, rows, cols, group_size, uniform, act):
+def _(x, values, idx, counts, step_wp, pair_steps, scales, bias, rows, cols, group_size, uniform, act):
     return x.new_empty(x.shape[0], rows)
 
 
@@ -54,13 +54,13 @@ def _(x, values, idx, counts, pair_steps, scales, bias, rows, cols, group_size, 
 _PROVED: dict[int, tuple] = {}
 
 
-def _check_weight(values, idx, counts, pair_steps, scales, rows: int, cols: int, group_size: int,
+def _check_weight(values, idx, counts, step_wp, pair_steps, scales, rows: int, cols: int, group_size: int,
                   uniform: bool) -> None:
     if rows < 0 or cols < 0 or cols > layout.MAX_COLS:
         raise ValueError(f"rows/cols must be non-negative and cols <= {layout.MAX_COLS}, got {rows}, {cols}")
     if group_size:
         check_group_size(group_size)
-    tensors = (values, idx, counts, pair_steps, scales)
+    tensors = (values, idx, counts, step_wp, pair_steps, scales)
     seen = _PROVED.get(id(counts))
     if seen is not None and all(ref() is t for ref, t in zip(seen[0], tensors)) \
             and seen[1] == tuple(t._version for t in tensors) and seen[2] == (rows, cols, group_size, uniform):
@@ -74,21 +74,21 @@ def _check_weight(values, idx, counts, pair_steps, scales, rows: int, cols: int,
 
 
 @torch.library.custom_op("sparseinfer::sparse_int8_dense", mutates_args=())
-def _cpu_dense_op(values: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor,
+def _cpu_dense_op(values: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor, step_wp: torch.Tensor,
                   pair_steps: torch.Tensor, scales: torch.Tensor, rows: int, cols: int,
                   group_size: int, uniform: bool) -> torch.Tensor:
     """The fp32 [rows, cols] dequantized weight (the backward's dX = dY @ W)."""
-    _check_weight(values, idx, counts, pair_steps, scales, rows, cols, group_size, uniform)
-    packed = layout.SparseInt8Packed(values, idx, counts, pair_steps, scales, uniform)
+    _check_weight(values, idx, counts, step_wp, pair_steps, scales, rows, cols, group_size, uniform)
+    packed = layout.SparseInt8Packed(values, idx, counts, step_wp, pair_steps, scales, uniform)
     return CsrInt8((rows, cols), 0, packed, group_size or None, torch.float32).to_dense()
 
 
 @_cpu_dense_op.register_fake
-def _(values, idx, counts, pair_steps, scales, rows, cols, group_size, uniform):
+def _(values, idx, counts, step_wp, pair_steps, scales, rows, cols, group_size, uniform):
     return scales.new_empty(rows, cols)
 
 
-register_frozen_weight_grad(_cpu_op, lambda a: _cpu_dense_op(*a[1:6], *a[7:11]), bias_arg=6)
+register_frozen_weight_grad(_cpu_op, lambda a: _cpu_dense_op(*a[1:7], *a[8:12]), bias_arg=7)
 
 
 def sparse_int8_linear(x: torch.Tensor, weight: SparseInt8, bias: Optional[torch.Tensor] = None,
@@ -112,7 +112,7 @@ def sparse_int8_linear(x: torch.Tensor, weight: SparseInt8, bias: Optional[torch
     check_activation(x, bias, weight)
     p = weight.packed
     op = _cpu_op if via_custom_op(x, bias) else _cpu_native
-    return on_tokens(x, weight, lambda x2: op(x2, p.values, p.idx, p.counts, p.pair_steps, p.scales, bias,
+    return on_tokens(x, weight, lambda x2: op(x2, p.values, p.idx, p.counts, p.step_wp, p.pair_steps, p.scales, bias,
                                               weight.rows, weight.cols, weight.group_size or 0, p.uniform, act))
 
 
