@@ -138,6 +138,26 @@ def test_records_pack_exactly_into_the_sparse_int8_formats(structure, format_nam
         assert torch.equal(packed.to_dense().float(), model.get_submodule(name).weight.detach())
 
 
+@pytest.mark.parametrize("structure, layer_name", [("unstructured", "CsrInt8Linear"), ("2:4", "Sparse24Int8Linear")])
+def test_result_pack_swaps_in_the_recorded_int8_values(structure, layer_name):
+    import sparseinfer
+    from sparseinfer import reference
+    model = mlp()
+    result = sparsify_quantize(model, calibration(), structure=structure)
+    simulated = copy.deepcopy(model)
+    assert result.pack(model, act="dynamic") == ["0", "2", "4"]
+    x = torch.randn(5, 64)
+    for name, qw in result.weights.items():
+        layer = model.get_submodule(name)
+        assert type(layer) is getattr(sparseinfer, layer_name)
+        assert torch.equal(layer.weight.qweight(), qw.q) and torch.equal(layer.weight.scale(), qw.scale)
+        inputs = torch.randn(3, layer.in_features)
+        assert torch.equal(layer(inputs), reference.sparse_int8_linear(inputs, layer.weight, layer.bias))
+    assert torch.allclose(model(x), simulated(x), rtol=0.05, atol=0.05)  # W8A8 vs fp32 math on q * scale
+    with pytest.raises(ValueError, match="act"):
+        result.pack(mlp(), act="int4")
+
+
 def test_w8a8_evaluation_matches_the_int8_kernel():
     """The q * scale weights plus per-token input rounding compute what Int8Linear(act="dynamic")
     built from the recorded q and scales computes."""

@@ -76,6 +76,26 @@ class SparseQuantResult:
         result["total"] = 1.0 - sum(int(m.sum()) for m in self.masks.values()) / max(1, total)
         return result
 
+    def pack(self, model: nn.Module, act: str = "dynamic") -> list[str]:
+        """Swap every recorded nn.Linear of `model` for a CsrInt8Linear (Sparse24Int8Linear for
+        2:4) holding exactly the recorded int8 values and scales (``sparsify`` would quantize the
+        stored q * scale again on its own max|w| grid). Returns the swapped names; other layer
+        types (e.g. HF Conv1D) keep q * scale in float."""
+        from ..nn.sparse_int8_linear import CsrInt8Linear, Sparse24Int8Linear  # nn imports ops: only when packing
+        check_act(act)
+        layer_cls = Sparse24Int8Linear if self.structure == "2:4" else CsrInt8Linear
+        modules = dict(model.named_modules())
+        swapped = []
+        for name, qw in self.weights.items():
+            module = modules.get(name)
+            if type(module) is not nn.Linear:
+                continue
+            packed = layer_cls.FORMAT.from_quantized(qw.q.cpu(), qw.scale.float().cpu(), qw.group_size,
+                                                     dtype=module.weight.dtype)
+            replace_submodule(model, name, layer_cls.from_weight(packed, module.bias, act=act))
+            swapped.append(name)
+        return swapped
+
 
 def parse_structure(structure: str, sparsity: Optional[float]) -> tuple[float, Optional[tuple[int, int]]]:
     """(sparsity, n_m or None) from structure "unstructured" or "N:M"; sparsity None = the default
