@@ -29,8 +29,8 @@ SPARSE_KEYS = ("shape", "compressed", "bitmask")
 # Above this sparsity CSR beats the 2:4 kernel even on a 2:4-compatible weight.
 CSR_OVER_24_SPARSITY = 0.7
 MAX_FEATURES = 2**31 - 1  # a stored weight shape beyond this is corrupt (and overflows int32 indices)
-# the widest sparse int8 weight that loads: from_quantized also applies the int8 format's limit
-SPARSE_INT8_MAX_COLS = min(SPARSE_INT8_LAYOUT_MAX_COLS, MAX_COLS)
+# the widest sparse int8 weight the sparse int8 kernels take (wider ones load as float sparse)
+SPARSE_INT8_MAX_COLS = SPARSE_INT8_LAYOUT_MAX_COLS
 # the rank of ``compressed`` in each sparsity layout, checked here for int8 values (the formats
 # validate a float copy of them, whose errors would name the copy's dtype)
 COMPRESSED_RANK = {cc.SPARSE_BITMASK: 1, cc.SPARSE_24_BITMASK: 2}
