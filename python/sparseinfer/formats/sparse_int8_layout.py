@@ -4,8 +4,9 @@ see csrc/include/sparseinfer/sparse_int8_linear.h for the byte-level statement).
 Rows go in pairs, columns in windows of 16. A pair's non-zeros in one window fill 16-slot lanes
 (row A's in slots 0..7, row B's in 8..15, a row with more going on in the next lane), each slot
 an int8 value and its 4-bit column in the window; lane i of windows 2j and 2j + 1 form step i of
-window pair j, the unit one 256-bit load of activations serves. Packing and unpacking are vectorised numpy over the
-non-zeros; :func:`prove` re-checks what the kernels' memory safety rests on.
+window pair j, the unit one 256-bit load of activations serves. Packing and unpacking are
+vectorised numpy over the non-zeros; :func:`prove` re-checks what the kernels' memory safety
+rests on.
 """
 from __future__ import annotations
 
@@ -116,10 +117,11 @@ def unpack(p: SparseInt8Packed, rows: int, cols: int) -> tuple[np.ndarray, np.nd
 
 def prove(p: SparseInt8Packed, rows: int, cols: int, groups: int) -> None:
     """Raise ValueError unless the kernels' memory safety holds: shapes and dtypes, counts <= 2,
-    pair_steps the exclusive prefix sums of the pairs' counts ending at the number of steps."""
+    pair_steps the exclusive prefix sums of the pairs' counts ending at the number of steps,
+    step_wp the counts spelled out, and a uniform layout one step per window pair."""
     pairs, kp = ceil_div(rows, 2), padded_cols(cols)
     expect = {"values": (p.values, torch.int8, None, 2 * LANE_SLOTS), "idx": (p.idx, torch.uint8, None, LANE_SLOTS),
-"counts": (p.counts, torch.uint8, pairs, kp // WINDOW_PAIR),
+              "counts": (p.counts, torch.uint8, pairs, kp // WINDOW_PAIR),
               "step_wp": (p.step_wp, torch.int16, None, None),
               "pair_steps": (p.pair_steps, torch.int64, pairs + 1, None),
               "scales": (p.scales, torch.float32, 2 * pairs, groups)}
