@@ -1,7 +1,9 @@
 // Helpers for the threaded drivers (dispatch.cpp files, built with baseline flags): laying out
-// x once per call. Internal linkage only.
+// x once per call, sharing work among threads, re-running the tokens W8A8 cannot quantize.
+// Internal linkage only.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -101,6 +103,46 @@ inline TokenTiles pack_token_tiles(DType dt, const void* x, int64_t m, int64_t c
   });
   out.xt = xt;
   return out;
+}
+
+// body(u0, u1) over units [0, units) (row blocks, row pairs), on at most num_threads tasks and
+// one per min_work of `work`, in kChunksPerTask pieces per task taken from a shared counter: a
+// thread that starts late or runs slower (a busy or preempted core) takes fewer pieces instead
+// of holding every other thread at the end of the call.
+constexpr int64_t kChunksPerTask = 8;
+
+template <class F>
+void run_unit_chunks(int64_t units, int64_t work, int64_t min_work, int num_threads, F&& body) {
+  const int tasks = static_cast<int>(
+      std::min<int64_t>({int64_t(num_threads), units, std::max<int64_t>(1, work / min_work)}));
+  if (tasks <= 1) return body(int64_t(0), units);
+  const int64_t chunks = std::min<int64_t>(units, tasks * kChunksPerTask);
+  std::atomic<int64_t> next{0};
+  cpu::parallel_for_tasks(tasks, [&](int, int) {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
+      const int64_t u0 = units * c / chunks, u1 = units * (c + 1) / chunks;
+      if (u0 < u1) body(u0, u1);
+    }
+  });
+}
+
+// W8A8 drivers: a token holding a NaN or an inf cannot be quantized (its scale is not finite),
+// so its output row is recomputed by float_row(x fp32 [kp], out) (the weight-only path, which
+// propagates them). q and the scales are no longer needed then: the scratch is reused.
+template <class F>
+void rerun_nonfinite_tokens(const void* x, int64_t m, int64_t cols, int64_t kp, int64_t rows,
+                            const float* scale, const LinearOutput& out, F&& float_row) {
+  std::vector<int64_t> tokens;
+  for (int64_t t = 0; t < m; ++t)
+    if (!(scale[t] == scale[t] && scale[t] - scale[t] == 0.f)) tokens.push_back(t);
+  const int64_t dsize = dtype_size(out.dtype);
+  for (int64_t t : tokens) {
+    float* row = scratch_floats(kDriverScratch, kp);
+    rows_to_f32(out.dtype, static_cast<const char*>(x) + t * cols * dsize, 1, cols, kp, row);
+    LinearOutput one = out;
+    one.y = static_cast<char*>(out.y) + t * rows * dsize;
+    float_row(static_cast<const float*>(row), one);
+  }
 }
 
 }  // namespace

@@ -2,7 +2,6 @@
 // per token with int8_linear's code for act = dynamic, fp32 for act = none, plus per-group sums)
 // and splits row blocks evenly across threads.
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 
 #include "../driver_common.h"
@@ -27,25 +26,9 @@ static_assert(cpu::has_reference(kKernels));
 
 const Lut4Kernels& active_kernels() { return cpu::pick_kernels(kKernels, cpu::active_isa()); }
 
-// body(rb0, rb1) over all row blocks, in kChunksPerTask pieces per thread taken from a shared
-// counter: a thread that starts late or runs slower (a busy or preempted core) takes fewer
-// pieces instead of holding every other thread at the end of the call.
-constexpr int64_t kChunksPerTask = 8;
-
 template <class F>
 void run_row_blocks(const PackedLut4& w, int64_t m, int num_threads, F&& body) {
-  const int64_t work = w.rows * w.kp * m;
-  const int tasks = static_cast<int>(std::min<int64_t>(
-      {int64_t(num_threads), w.row_blocks, std::max<int64_t>(1, work / kMinWorkPerThread)}));
-  if (tasks == 1) return body(int64_t(0), w.row_blocks);
-  const int64_t chunks = std::min<int64_t>(w.row_blocks, tasks * kChunksPerTask);
-  std::atomic<int64_t> next{0};
-  cpu::parallel_for_tasks(tasks, [&](int, int) {
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-      const int64_t rb0 = w.row_blocks * c / chunks, rb1 = w.row_blocks * (c + 1) / chunks;
-      if (rb0 < rb1) body(rb0, rb1);
-    }
-  });
+  run_unit_chunks(w.row_blocks, w.rows * w.kp * m, kMinWorkPerThread, num_threads, body);
 }
 
 // Per-group sums of m quantized rows of kp values (zero past cols: whole groups sum), exact.
@@ -60,8 +43,6 @@ void group_sums(const PackedLut4& w, const int8_t* rows, int64_t m, float* xsum)
       xsum[t * w.groups + g] = static_cast<float>(s);
     }
 }
-
-bool finite_scale(float v) { return v == v && v - v == 0.f; }
 
 }  // namespace
 
@@ -95,20 +76,10 @@ void lut4_linear(const Lut4LinearCall& call, int num_threads) {
   Lut4QuantActs acts{q, scale, xsum};
   run_row_blocks(w, m, num_threads, [&](int64_t rb0, int64_t rb1) { k.dynamic(w, acts, m, rb0, rb1, call.out); });
 
-  // A token holding a NaN or an inf cannot be quantized (its scale is not finite): its row is
-  // recomputed with the float path, which propagates them as F.linear does.
-  std::vector<int64_t> nonfinite;
-  for (int64_t t = 0; t < m; ++t)
-    if (!finite_scale(scale[t])) nonfinite.push_back(t);
-  for (int64_t t : nonfinite) {
-    float* row = scratch_floats(kDriverScratch, w.kp);  // q and scale are no longer needed
-    const int64_t dsize = dtype_size(call.out.dtype);
-    rows_to_f32(call.out.dtype, static_cast<const char*>(call.x) + t * w.cols * dsize, 1, w.cols, w.kp, row);
-    LinearOutput out = call.out;
-    out.y = static_cast<char*>(call.out.y) + t * w.rows * dsize;
+  rerun_nonfinite_tokens(call.x, m, w.cols, w.kp, w.rows, scale, call.out, [&](const float* row, const LinearOutput& out) {
     Lut4FloatActs one{row};
     run_row_blocks(w, 1, num_threads, [&](int64_t rb0, int64_t rb1) { k.weight_only(w, one, 1, rb0, rb1, out); });
-  }
+  });
 }
 
 }  // namespace sparseinfer

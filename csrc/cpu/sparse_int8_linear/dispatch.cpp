@@ -1,10 +1,6 @@
 // Threaded driver for sparse_int8_linear: chooses the ISA tier, lays x out once per call
 // (quantized per token with int8_linear's code for act = dynamic, fp32 for act = none) and
 // shares the row pairs among threads in pieces taken from a counter.
-#include <algorithm>
-#include <atomic>
-#include <vector>
-
 #include "../driver_common.h"
 #include "common.h"
 #include "sparseinfer/cpu_features.h"
@@ -15,7 +11,6 @@ namespace sparseinfer {
 namespace {
 
 constexpr int64_t kMinWorkPerThread = 1 << 17;  // stored slots x tokens below which a call stays on one thread
-constexpr int64_t kChunksPerTask = 8;
 
 // No avx512 entries: those tiers run the avx2 kernels (fallbacks: isa_table.h).
 constexpr auto kKernels = cpu::kernel_table<SpI8Kernels>({
@@ -28,25 +23,10 @@ static_assert(cpu::has_reference(kKernels));
 
 const SpI8Kernels& active_kernels() { return cpu::pick_kernels(kKernels, cpu::active_isa()); }
 
-// body(p0, p1) over all row pairs, in kChunksPerTask pieces per thread taken from a shared
-// counter (a slower or preempted core takes fewer pieces).
 template <class F>
 void run_row_pairs(const PackedSparseInt8& w, int64_t m, int num_threads, F&& body) {
-  const int64_t work = w.steps * kSpI8StepSlots * m;
-  const int tasks = static_cast<int>(std::min<int64_t>(
-      {int64_t(num_threads), w.row_pairs, std::max<int64_t>(1, work / kMinWorkPerThread)}));
-  if (tasks <= 1) return body(int64_t(0), w.row_pairs);
-  const int64_t chunks = std::min<int64_t>(w.row_pairs, tasks * kChunksPerTask);
-  std::atomic<int64_t> next{0};
-  cpu::parallel_for_tasks(tasks, [&](int, int) {
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-      const int64_t p0 = w.row_pairs * c / chunks, p1 = w.row_pairs * (c + 1) / chunks;
-      if (p0 < p1) body(p0, p1);
-    }
-  });
+  run_unit_chunks(w.row_pairs, w.steps * kSpI8StepSlots * m, kMinWorkPerThread, num_threads, body);
 }
-
-bool finite_scale(float v) { return v == v && v - v == 0.f; }
 
 }  // namespace
 
@@ -76,19 +56,9 @@ void sparse_int8_linear(const SparseInt8LinearCall& call, int num_threads) {
   SpI8QuantActs acts{q, scale};
   run_row_pairs(w, m, num_threads, [&](int64_t p0, int64_t p1) { k.dynamic(w, acts, m, p0, p1, call.out); });
 
-  // A token holding a NaN or an inf cannot be quantized (its scale is not finite): its row is
-  // recomputed with the float path, which propagates them over the stored weights.
-  std::vector<int64_t> nonfinite;
-  for (int64_t t = 0; t < m; ++t)
-    if (!finite_scale(scale[t])) nonfinite.push_back(t);
-  for (int64_t t : nonfinite) {
-    float* row = scratch_floats(kDriverScratch, w.kp);  // q and scale are no longer needed
-    const int64_t dsize = dtype_size(call.out.dtype);
-    rows_to_f32(call.out.dtype, static_cast<const char*>(call.x) + t * w.cols * dsize, 1, w.cols, w.kp, row);
-    LinearOutput out = call.out;
-    out.y = static_cast<char*>(call.out.y) + t * w.rows * dsize;
+  rerun_nonfinite_tokens(call.x, m, w.cols, w.kp, w.rows, scale, call.out, [&](const float* row, const LinearOutput& out) {
     run_row_pairs(w, 1, num_threads, [&](int64_t p0, int64_t p1) { k.weight_only(w, row, 1, p0, p1, out); });
-  }
+  });
 }
 
 }  // namespace sparseinfer

@@ -207,14 +207,7 @@ def _decode_sparse_int8(reader, name, module, features, config, notes) -> nn.Mod
     if f"{name}.weight_g_idx" in reader:
         raise CheckpointError(f"tensor {name}.weight_g_idx: activation-order (g_idx) weights are not supported")
     rows, cols = features
-    scale = reader.get(f"{name}.weight_scale")
-    if scale.dtype not in FLOAT_DTYPES:
-        raise CheckpointError(f"tensor {name}.weight_scale: dtype must be one of {FLOAT_DTYPES}, got {scale.dtype}")
-    if scheme.strategy == "tensor":
-        if scale.numel() != 1:
-            raise CheckpointError(f"tensor {name}.weight_scale: per-tensor scale must hold one value, "
-                                  f"got shape {tuple(scale.shape)}")
-        scale = scale.reshape(1, 1).expand(rows, 1).contiguous()
+    scale = _stored_scale(reader, name, scheme, rows)
     group_size = scheme.group_size
     if group_size is not None and group_size >= cols:
         group_size = None  # one group per row: per channel
@@ -251,6 +244,19 @@ def _decode_sparse_int8(reader, name, module, features, config, notes) -> nn.Mod
     return _with_weight(floats.layer_cls, floats.format_cls.from_dense(dense), bias, dtype)
 
 
+def _stored_scale(reader, name: str, scheme: cc.WeightScheme, rows: int) -> torch.Tensor:
+    """The layer's weight_scale in a float dtype; a per-tensor scale repeated for every row."""
+    scale = reader.get(f"{name}.weight_scale")
+    if scale.dtype not in FLOAT_DTYPES:
+        raise CheckpointError(f"tensor {name}.weight_scale: dtype must be one of {FLOAT_DTYPES}, got {scale.dtype}")
+    if scheme.strategy == "tensor":
+        if scale.numel() != 1:
+            raise CheckpointError(f"tensor {name}.weight_scale: per-tensor scale must hold one value, "
+                                  f"got shape {tuple(scale.shape)}")
+        scale = scale.reshape(1, 1).expand(rows, 1).contiguous()
+    return scale
+
+
 def _with_weight(layer_cls, weight, bias: Optional[torch.Tensor], dtype: torch.dtype, **attrs) -> nn.Module:
     return layer_cls.from_weight(weight.to(dtype) if weight.dtype != dtype else weight, bias, **attrs)
 
@@ -280,14 +286,7 @@ def _decode_quantized(reader, name, module, features, kind, config, notes) -> nn
     for extra in ("weight_g_idx",):
         if f"{name}.{extra}" in reader:
             raise CheckpointError(f"tensor {name}.{extra}: activation-order (g_idx) weights are not supported")
-    scale = reader.get(f"{name}.weight_scale")
-    if scale.dtype not in FLOAT_DTYPES:
-        raise CheckpointError(f"tensor {name}.weight_scale: dtype must be one of {FLOAT_DTYPES}, got {scale.dtype}")
-    if scheme.strategy == "tensor":
-        if scale.numel() != 1:
-            raise CheckpointError(f"tensor {name}.weight_scale: per-tensor scale must hold one value, "
-                                  f"got shape {tuple(scale.shape)}")
-        scale = scale.reshape(1, 1).expand(rows, 1).contiguous()
+    scale = _stored_scale(reader, name, scheme, rows)
     dtype = _float_dtype(module, scale.dtype)
     bias = _bias(reader, name, module, rows, dtype)
     group_size = scheme.group_size
