@@ -8,7 +8,8 @@ import torch
 
 from sparseinfer import registry
 from sparseinfer.benchmarks import baselines as bl
-from sparseinfer.benchmarks.linear import LinearResult, figures, format_notes, format_table, measure
+from sparseinfer.benchmarks import bandwidth
+from sparseinfer.benchmarks.linear import LinearResult, apply_roofline, figures, format_notes, format_table, measure
 from sparseinfer.benchmarks.streaming import (DEFAULT_LLC, LLC_ENV, Streaming, build_cold_set, clone_weight,
                                               llc_size, parse_size, rotate, weight_tensors)
 from sparseinfer.cli import main
@@ -128,10 +129,53 @@ def test_ceiling_flag_on_a_fabricated_result():
     json.dumps(dataclasses.asdict(flagged))
 
 
+def test_roofline_is_gbps_over_the_larger_bandwidth():
+    r = _result(ours=1.0, dense=4.0, torch_dynamic_int8=1.0)  # ours 4.2 GB/s, dense 4.19, torch int8 4.2
+    r.cold["warm_only"] = ["torch_dynamic_int8"]  # timed warm: its GB/s is no roofline figure
+    assert apply_roofline([r], 5.0, 8.4) == {"read_bandwidth_gbs": 8.4, "read_bandwidth_gbs_before_after": [5.0, 8.4]}
+    assert r.roofline_fraction == pytest.approx(0.5)
+    assert r.baseline_roofline_fraction == pytest.approx({"dense": 16.76 / 4.0 / 8.4})
+    assert "0.50" in format_table([r]) and "0.50 dense" in format_table([r])
+    assert apply_roofline([r], None, None) == {"read_bandwidth_gbs": None, "read_bandwidth_gbs_before_after": None}
+    assert r.roofline_fraction is None and r.baseline_roofline_fraction is None
+
+
+def _cell(text: str, header: str, row: int) -> str:
+    """The cell of a right-aligned column `header` in data row `row` of a table printed by format_table."""
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if " speedup " in line and header in line)
+    end = lines[head].index(header) + len(header)
+    return lines[head + 2 + row][:end].split()[-1]
+
+
+@pytest.mark.parametrize("measured", [True, False])
+def test_bench_roofline_column_and_json(tmp_path, capsys, monkeypatch, measured):
+    reads = iter([20.0, 40.0])
+    monkeypatch.setattr(bandwidth, "read_bandwidth_gbs", lambda: next(reads))  # before, after: fixed
+    out = tmp_path / "roof.json"
+    assert main(["bench", "--format", "csr", "--shapes", "64x128", "--sparsity", "0.9", "--m", "1", "32",
+                 "--min-time", "0.01", "--llc", "16K", "--json", str(out)] + ([] if measured else ["--no-bandwidth"])) == 0
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    one, big = data["results"]
+    assert big["roofline_fraction"] is None and _cell(text, " roofline", 1) == "-"  # the warm row
+    if not measured:
+        assert next(reads) == 20.0  # never measured
+        assert data["read_bandwidth_gbs"] is None and data["read_bandwidth_gbs_before_after"] is None
+        assert one["roofline_fraction"] is None and _cell(text, " roofline", 0) == "-"
+        assert "not measured" in text
+        return
+    assert data["read_bandwidth_gbs"] == 40.0 and data["read_bandwidth_gbs_before_after"] == [20.0, 40.0]
+    assert one["roofline_fraction"] == pytest.approx(one["cold"]["gbps"]["ours"] / 40.0)
+    assert _cell(text, " roofline", 0) == f"{one['roofline_fraction']:.2f}"
+    assert one["baseline_roofline_fraction"]["dense"] == pytest.approx(one["cold"]["gbps"]["dense"] / 40.0)
+    assert "40.0 GB/s" in text and "roofline = ours GB/s" in text
+
+
 def test_bench_json_has_cold_and_warm(tmp_path, capsys):
     out = tmp_path / "cold.json"
     assert main(["bench", "--format", "csr", "--shapes", "64x128", "--sparsity", "0.9", "--m", "1", "32",
-                 "--min-time", "0.01", "--llc", "16K", "--json", str(out)]) == 0
+                 "--min-time", "0.01", "--llc", "16K", "--no-bandwidth", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "warm (cache)" in text and "cold" in text and "bytes ceiling" in text and "GB/s" in text
     data = json.loads(out.read_text())
@@ -148,7 +192,7 @@ def test_bench_json_has_cold_and_warm(tmp_path, capsys):
 def test_bench_cache_modes(tmp_path, cache):
     out = tmp_path / "r.json"
     assert main(["bench", "--format", "2:4", "--shapes", "32x64", "--m", "1", "--min-time", "0.005",
-                 "--llc", "8K", "--cache", cache, "--json", str(out)]) == 0
+                 "--llc", "8K", "--cache", cache, "--no-bandwidth", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["results"]
     assert row["cache"] == cache
     assert (row["cold"] is None) == (cache == "warm") and (row["warm"] is None) == (cache == "cold")

@@ -8,7 +8,7 @@ from sparseinfer.cli import main
 def test_bench_writes_json(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["bench", "--shapes", "96x200", "--sparsity", "0.5", "0.9", "--m", "1", "17",
-                 "--min-time", "0.01", "--json", str(out)]) == 0
+                 "--min-time", "0.01", "--no-bandwidth", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "96 x 200" in text and "speedup" in text
     data = json.loads(out.read_text())
@@ -21,7 +21,7 @@ def test_bench_writes_json(tmp_path, capsys):
         + [("2:4+int8", m) for m in (1, 17)])  # every registered format by default
     lut4 = ("reference_dynamic", "reference_float", "avx2_dynamic", "avx2_float")
     paths = {"csr": ("rows_expand", "rows_gather", "tokens"), "2:4": ("rows", "tokens"),
-             "int8": ("reference", "avx2_rows", "vnni_rows", "amx_tiles", "dequant_rows"),
+             "int8": ("reference", "avx2_rows", "vnni_rows", "amx_tiles", "dequant_rows", "dequant_tiles"),
              "int4": lut4, "codebook": lut4, "csr+int8": lut4, "2:4+int8": lut4}
     for r in data["results"]:
         assert r["speedup"] > 0 and r["dense_ms"] > 0 and r["path"] in paths[r["format"]]
@@ -29,7 +29,7 @@ def test_bench_writes_json(tmp_path, capsys):
 
 def test_bench_one_format_and_dtype(capsys):
     assert main(["bench", "--format", "2:4", "--dtype", "bf16", "--shapes", "64x64", "--m", "3",
-                 "--min-time", "0.01"]) == 0
+                 "--min-time", "0.01", "--no-bandwidth"]) == 0
     text = capsys.readouterr().out
     assert "2:4" in text and "bfloat16" in text
 
@@ -54,7 +54,7 @@ def test_info(capsys):
 def test_bench_int8(tmp_path, capsys):
     out = tmp_path / "int8.json"
     assert main(["bench", "--format", "int8", "--shapes", "64x256", "--m", "1", "20",
-                 "--min-time", "0.01", "--no-ort", "--json", str(out)]) == 0
+                 "--min-time", "0.01", "--no-ort", "--no-bandwidth", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "torch_dynamic_int8" in text and "64 x 256" in text
     data = json.loads(out.read_text())

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "so each call streams its weight from memory, as in decode) and, with 'both' "
                             "(default), also warm (one weight reused: cache-resident when it fits, reported "
                             "as 'warm (cache)'); 'cold': cold only; 'warm': every row warm (the old figures)")
+    bench.add_argument("--no-bandwidth", action="store_true",
+                       help="CPU: skip measuring the read bandwidth before and after the timed cases (~2-4 s); "
+                            "the roofline column (cold GB/s / read GB/s) then shows -")
     bench.add_argument("--cold-max-m", type=_positive, default=16,
                        help="CPU: largest m timed cold (default 16; larger rows are compute-bound, timed warm)")
     bench.add_argument("--llc", metavar="SIZE", default=None,
@@ -180,7 +183,7 @@ def _bench(args) -> int:
     from tqdm import tqdm
 
     from . import registry
-    from .benchmarks import linear
+    from .benchmarks import bandwidth, linear
     from .benchmarks.baselines import ort_available
     from .runtime import build_info, set_cpu_isa
     if args.device == "cuda":
@@ -203,18 +206,21 @@ def _bench(args) -> int:
     if "ort_int8" in baselines and not ort_available():
         print("(onnxruntime not installed: pip install 'sparseinfer[bench]' adds the ORT baseline)")
     streaming = _bench_streaming(args, ms)
+    read_gbs = None if streaming is None or args.no_bandwidth else bandwidth.read_bandwidth_gbs
+    before = read_gbs() if read_gbs else None  # the roofline of the cold rows, measured around them
     with tqdm(total=linear.grid_size(args.format, shapes, sparsities, ms, given, dtype), unit="case",
               file=sys.stderr) as bar:
         results = linear.run_grid(args.format, shapes, sparsities, ms, dtype, args.min_time, given, skip,
                                   progress=lambda r: bar.update(1), cache=args.cache,
                                   cold_max_m=args.cold_max_m, streaming=streaming)
+    roofline = linear.apply_roofline(results, before, read_gbs() if read_gbs else None)
     print(linear.format_table(results))
     print("speedup = dense ms / our ms, vs X = X ms / our ms, in this run (dense: F.linear in the same dtype; torch_dynamic_int8: torch.ao "
           "quantize_dynamic; ort_int8: onnxruntime quantize_dynamic QInt8 MatMul); bytes ratio = dense "
           "weight bytes / bytes our kernel reads (the memory-bound ceiling at m=1)")
-    print(linear.format_notes(results, streaming))
+    print(linear.format_notes(results, streaming, bandwidth=roofline))
     meta = {"cache": args.cache, "cold_max_m": args.cold_max_m, **(streaming.describe() if streaming else {})}
-    _write_json(args.json, lambda: linear.as_json(results, meta))
+    _write_json(args.json, lambda: linear.as_json(results, meta, roofline))
     return 0
 
 

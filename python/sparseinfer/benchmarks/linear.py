@@ -51,6 +51,8 @@ class LinearResult:
     gbps: dict = field(default_factory=dict)     # weight GB/s of "ours" and each baseline
     cold: Optional[dict] = None  # cold figures (+ copies per side), when timed
     warm: Optional[dict] = None  # warm (cache) figures, when timed
+    roofline_fraction: Optional[float] = None  # cold rows: ours GB/s / the run's read bandwidth
+    baseline_roofline_fraction: Optional[dict] = None  # cold rows: the same for each baseline that rotated copies
 
 
 def options_text(options: dict) -> str:
@@ -175,6 +177,34 @@ def run_grid(formats: Iterable[str], shapes, sparsities: Optional[Iterable[float
     return results
 
 
+def apply_roofline(results: list[LinearResult], before: Optional[float], after: Optional[float]) -> dict:
+    """Set every cold row's roofline fractions (GB/s / the larger of the read bandwidths measured
+    before and after the timed cases; None when not measured) and return the JSON's bandwidth fields."""
+    measured = [v for v in (before, after) if v]
+    peak = max(measured) if measured else None
+    for r in results:
+        if r.cold is None or peak is None:
+            r.roofline_fraction = r.baseline_roofline_fraction = None
+            continue
+        gbps = r.cold["gbps"]
+        r.roofline_fraction = gbps["ours"] / peak
+        r.baseline_roofline_fraction = {n: v / peak for n, v in gbps.items()
+                                        if n != "ours" and n not in r.cold["warm_only"]}
+    return {"read_bandwidth_gbs": peak, "read_bandwidth_gbs_before_after": [before, after] if measured else None}
+
+
+def _roofline(r: LinearResult) -> str:
+    return "-" if r.roofline_fraction is None else f"{r.roofline_fraction:.2f}"
+
+
+def _best_baseline_roofline(r: LinearResult) -> str:
+    """The baseline closest to the roofline, e.g. "0.91 dense"."""
+    if not r.baseline_roofline_fraction:
+        return "-"
+    name, value = max(r.baseline_roofline_fraction.items(), key=lambda kv: kv[1])
+    return f"{value:.2f} {name}"
+
+
 def _ceiling_mark(r: LinearResult, name: str, figs: Optional[dict] = None) -> str:
     return "!" if name in (figs or {"above_ceiling": r.above_ceiling})["above_ceiling"] else ""
 
@@ -210,7 +240,11 @@ def format_table(results: list[LinearResult]) -> str:
                         (f"vs {b}", max(8, len(b) + 3), lambda r, b=b: _ratio(r.vs.get(b)) + _ceiling_mark(r, b))]
         columns += [("ours GB/s", 9, lambda r: f"{r.gbps['ours']:.1f}" if r.cold else "-"),
                     ("dense GB/s", 10, lambda r: f"{r.gbps['dense']:.1f}" if r.cold and "dense" in r.gbps else "-"),
-                    ("bytes ratio", 11, lambda r: f"{r.bytes_ratio:.2f}x")]
+                    ("roofline", 8, _roofline)]
+        if any(r.baseline_roofline_fraction for r in rows):
+            columns.append(("best base roofline", max(18, *(len(_best_baseline_roofline(r)) for r in rows)),
+                            _best_baseline_roofline))
+        columns.append(("bytes ratio", 11, lambda r: f"{r.bytes_ratio:.2f}x"))
         if any(r.cold and r.warm for r in rows):
             columns += [("warm (cache) ms", 15, lambda r: _ms(r.warm["ours_ms"]) if r.cold and r.warm else "-"),
                         ("warm (cache) speedup", 20, _warm_speedup)]
@@ -224,8 +258,10 @@ def _warm_speedup(r: LinearResult) -> str:
     return f"{r.warm['speedup']:.2f}x" + _ceiling_mark(r, "dense", r.warm)
 
 
-def format_notes(results: list[LinearResult], streaming: Optional[Streaming] = None, limit: int = 12) -> str:
-    """What the cache column, the GB/s and the "!" marks mean in this run, and which rows are flagged."""
+def format_notes(results: list[LinearResult], streaming: Optional[Streaming] = None, limit: int = 12,
+                 bandwidth: Optional[dict] = None) -> str:
+    """What the cache column, the GB/s, the roofline and the "!" marks mean in this run, and which
+    rows are flagged; `bandwidth`: apply_roofline's fields."""
     lines = []
     cold = [r for r in results if r.cold]
     if cold:
@@ -235,6 +271,7 @@ def format_notes(results: list[LinearResult], streaming: Optional[Streaming] = N
                      f"holding >= {where} each, so every call streams its weight from memory (decode); "
                      "warm = one weight reused call after call (stays in cache when it fits: flatters small "
                      "weights), shown as \"warm (cache)\" beside cold rows. GB/s = weight bytes per call / time.")
+        lines.append(_roofline_note(bandwidth))
     short = [r for r in cold if r.cold["short"]]
     if short:
         capped = ", ".join(sorted({n for r in short for n in r.cold["short"]}))
@@ -262,6 +299,16 @@ def format_notes(results: list[LinearResult], streaming: Optional[Streaming] = N
     return "\n".join(lines)
 
 
+def _roofline_note(bandwidth: Optional[dict]) -> str:
+    peak = (bandwidth or {}).get("read_bandwidth_gbs")
+    if peak is None:
+        return "roofline = ours GB/s / the machine's read bandwidth: not measured in this run (--no-bandwidth), '-'."
+    before, after = bandwidth["read_bandwidth_gbs_before_after"]
+    return (f"roofline = ours GB/s / this machine's read bandwidth, {peak:.1f} GB/s (the larger of a read measured "
+            f"before ({before:.1f}) and after ({after:.1f}) the timed cases; 1.00 = weight streamed at full memory "
+            "speed), and best base roofline the same for the baseline closest to it (warm-only baselines left out).")
+
+
 def _ms(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -270,8 +317,10 @@ def _ratio(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
-def as_json(results: list[LinearResult], streaming: Optional[dict] = None) -> dict:
-    """Results + machine info; `streaming` (cache mode, cold_max_m, LLC and copy limits) when given."""
+def as_json(results: list[LinearResult], streaming: Optional[dict] = None, bandwidth: Optional[dict] = None) -> dict:
+    """Results + machine info; `streaming` (cache mode, cold_max_m, LLC and copy limits) when given;
+    `bandwidth` (apply_roofline's fields: read_bandwidth_gbs, read_bandwidth_gbs_before_after), null
+    when not measured."""
     used = dict.fromkeys(k for r in results for k in r.baseline_ms)
     notes = {"cache": "ours_ms, dense_ms, speedup, baseline_ms, vs, gbps and above_ceiling are the figures of "
                       "`cache`: cold (every side rotated call by call through copies of its weight holding >= "
@@ -279,8 +328,11 @@ def as_json(results: list[LinearResult], streaming: Optional[dict] = None) -> di
                       "fits); `cold` and `warm` hold each regime's figures where timed",
              "ceiling": f"ceiling[name] = baseline weight bytes / our weight bytes; above_ceiling lists the baselines "
                         f"whose vs exceeds it by more than {CEILING_SLACK:g}x (cache-resident weight, or a baseline "
-                        "not bandwidth-bound at that m)"}
-    meta = {"notes": notes}
+                        "not bandwidth-bound at that m)",
+             "roofline": "roofline_fraction (cold rows) = gbps['ours'] / read_bandwidth_gbs, the larger of a read "
+                         "measured before and after the timed cases; baseline_roofline_fraction: the same for each "
+                         "baseline that rotated copies; null for warm rows or when not measured (--no-bandwidth)"}
+    meta = {"notes": notes, "read_bandwidth_gbs": None, "read_bandwidth_gbs_before_after": None, **(bandwidth or {})}
     if streaming is not None:
         meta["streaming"] = streaming
     return results_json(results, machine=machine_info(), baselines={n: bl.DESCRIBE[n] for n in used},
