@@ -64,6 +64,8 @@ def test_paths_follow_the_isa():
     if "avx2" in supported:
         with sparseinfer.cpu_isa("avx2"):
             assert ops.int8_linear_path(q, 128) == "avx2_rows"
+            assert ops.int8_linear_path(q, 1, act="none") == "dequant_rows"
+            assert ops.int8_linear_path(q, 2, act="none") == "dequant_tiles"
     if "avx512_vnni" in supported:
         with sparseinfer.cpu_isa("avx512_vnni"):
             assert ops.int8_linear_path(q, 128) == "vnni_rows"
@@ -72,7 +74,7 @@ def test_paths_follow_the_isa():
             assert ops.int8_linear_path(q, 1) == "vnni_rows"
             assert ops.int8_linear_path(q, 128) == "amx_tiles"
             assert ops.int8_linear_path(q32, 128) == "vnni_rows"  # AMX groups need multiples of 64
-    assert ops.int8_linear_path(q, 5, act="none") == "dequant_rows"
+    assert ops.int8_linear_path(q, 1, act="none") == "dequant_rows"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -162,6 +162,7 @@ const Int8Kernels int8_kernels_amx = {
     .tiles_path = "amx_tiles",
     .tiles_min_m = 8,
     .weight_only = weight_only_avx512,
+    .weight_only_tiles_min_m = 0,
 };
 
 }  // namespace sparseinfer

@@ -1,10 +1,11 @@
-// AVX2 tier. W8A8 widens both operands to int16 and multiplies with vpmaddwd: exact, where
-// vpmaddubsw (u8 x s8 summed in pairs into a *saturating* int16) would clip 255 * -128 * 2.
-// Weight-only dequantizes 8 weights per vector in registers.
+// AVX2 tier. W8A8 multiplies with vpmaddubsw on |w| and sign-moved x, which cannot saturate
+// (see dynamic_block), over a register tile of tokens x 16 rows. Weight-only dequantizes 8
+// weights per vector in registers.
 #include <immintrin.h>
 
 #include "../simd/avx2.h"
 #include "common.h"
+#include "sparseinfer/scratch.h"
 
 namespace sparseinfer {
 namespace {
@@ -64,51 +65,65 @@ inline void store_rows16(const PackedInt8& w, int64_t rb, int64_t t, const float
   store_block(w.rows, out, r0, nr, t, 1, v, 1, 1);
 }
 
-// W8A8, T tokens x 16 rows. A 64-byte line is 4 pieces of 4 rows x 4 columns; each piece widened
-// to int16 meets the token's 4 columns (as int16, repeated 4 times) in vpmaddwd, giving every
-// row's two column pairs side by side.
+// W8A8, T tokens x 16 rows. A 64-byte line holds rows 0-7 then rows 8-15, 4 columns each; one
+// vector of it meets the token's 4 columns broadcast. vpmaddubsw takes |w| (u8, <= 128) against
+// x with w's sign (|x| <= 127: no wrap), so a pair sums to at most 2 * 128 * 127 < 2^15 and never
+// saturates; vpmaddwd by ones then gives each row's 4-column dot in an int32 lane: exact. |w| is
+// taken once per line and shared by the T tokens of the register tile.
 template <int T>
 void dynamic_block(const PackedInt8& w, const QuantizedActs& x, int64_t t0, int64_t rb, const LinearOutput& out) {
-  float sum[T][16] = {};
+  __m256 sum[T][2];
+  _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) sum[t][0] = sum[t][1] = _mm256_setzero_ps();
   const int8_t* line = w.qweight + int8_line(w, rb, 0);
+  const int8_t* xq[T];
+  _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) xq[t] = x.q + (t0 + t) * x.stride;
+  const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t g = 0; g < w.groups; ++g) {
-    __m256i acc[T][4];
-    for (int t = 0; t < T; ++t)
-      for (int p = 0; p < 4; ++p) acc[t][p] = _mm256_setzero_si256();
+    __m256i acc[T][2];
+    _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
     for (int64_t kq = group_begin(w, g) / 4; kq < group_end(w, g) / 4; ++kq) {
-      __m256i wp[4];
-      for (int p = 0; p < 4; ++p)
-        wp[p] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(line + kq * 64 + 16 * p)));
-      for (int t = 0; t < T; ++t) {
-        int32_t xq;
-        __builtin_memcpy(&xq, x.q + (t0 + t) * x.stride + kq * 4, 4);
-        const __m256i xv = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(xq)));
-        for (int p = 0; p < 4; ++p) acc[t][p] = _mm256_add_epi32(acc[t][p], _mm256_madd_epi16(wp[p], xv));
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + kq * 64));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + kq * 64 + 32));
+      const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+      _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) {
+        int32_t q4;
+        __builtin_memcpy(&q4, xq[t] + kq * 4, 4);
+        const __m256i xv = _mm256_set1_epi32(q4);
+        const __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(xv, w0));
+        const __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(xv, w1));
+        acc[t][0] = _mm256_add_epi32(acc[t][0], _mm256_madd_epi16(p0, ones));
+        acc[t][1] = _mm256_add_epi32(acc[t][1], _mm256_madd_epi16(p1, ones));
       }
     }
+    // sum = sum + float(dot) * scale, row by row as the reference (no contraction: -ffp-contract=off).
     const float* scale = w.scales + int8_group_cell(w, rb, g);
-    for (int t = 0; t < T; ++t) {
-      alignas(32) int32_t pairs[4][8];
-      for (int p = 0; p < 4; ++p) _mm256_store_si256(reinterpret_cast<__m256i*>(pairs[p]), acc[t][p]);
-      for (int r = 0; r < 16; ++r) {
-        const int32_t dot = pairs[r / 4][2 * (r % 4)] + pairs[r / 4][2 * (r % 4) + 1];
-        sum[t][r] = sum[t][r] + static_cast<float>(dot) * scale[r];
-      }
+    const __m256 s0 = _mm256_loadu_ps(scale), s1 = _mm256_loadu_ps(scale + 8);
+    _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) {
+      sum[t][0] = _mm256_add_ps(sum[t][0], _mm256_mul_ps(_mm256_cvtepi32_ps(acc[t][0]), s0));
+      sum[t][1] = _mm256_add_ps(sum[t][1], _mm256_mul_ps(_mm256_cvtepi32_ps(acc[t][1]), s1));
     }
   }
-  for (int t = 0; t < T; ++t) {
-    float v[16];
-    for (int r = 0; r < 16; ++r) v[r] = sum[t][r] * x.scale[t0 + t];
+  _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) {
+    alignas(32) float v[16];
+    const __m256 xs = _mm256_set1_ps(x.scale[t0 + t]);
+    _mm256_store_ps(v, _mm256_mul_ps(sum[t][0], xs));
+    _mm256_store_ps(v + 8, _mm256_mul_ps(sum[t][1], xs));
     store_rows16(w, rb, t0 + t, v, out);
   }
 }
 
+// Token blocks of 4 (16 int32 accumulators would not leave registers for the weights).
 void dynamic_rows_avx2(const PackedInt8& w, const QuantizedActs& x, int64_t t0, int64_t mt,
                        int64_t rb0, int64_t rb1, const LinearOutput& out) {
   for (int64_t rb = rb0; rb < rb1; ++rb) {
     int64_t t = t0;
-    for (; t + 2 <= t0 + mt; t += 2) dynamic_block<2>(w, x, t, rb, out);
-    if (t < t0 + mt) dynamic_block<1>(w, x, t, rb, out);
+    for (; t + 4 <= t0 + mt; t += 4) dynamic_block<4>(w, x, t, rb, out);
+    switch (t0 + mt - t) {
+      case 3: dynamic_block<3>(w, x, t, rb, out); break;
+      case 2: dynamic_block<2>(w, x, t, rb, out); break;
+      case 1: dynamic_block<1>(w, x, t, rb, out); break;
+      default: break;
+    }
   }
 }
 
@@ -147,13 +162,111 @@ void weight_only_block(const PackedInt8& w, const float* x, int64_t t, int64_t r
   store_rows16(w, rb, t, v, out);
 }
 
+// Weight-only from kWoTilesMinTokens tokens: each chunk of a row block is dequantized
+// once into L1, column-major (16 rows of one column side by side, grouped scales applied), then
+// a register tile of T tokens x 16 rows runs one broadcast and two FMAs per column and token:
+// the conversion is paid once per weight instead of once per weight and token.
+constexpr int64_t kWoTilesMinTokens = 2;
+constexpr int64_t kWoChunkQuads = 64;  // columns / 4 per chunk: 256 columns x 16 rows fp32 = 16 KB
+
+// Column-major fp32 of lines [kq0, kq1) of row block rb: dst[(4 (kq - kq0) + c) * 16 + r].
+void dequantize_chunk(const PackedInt8& w, int64_t rb, int64_t kq0, int64_t kq1, float* dst) {
+  const int8_t* line = w.qweight + int8_line(w, rb, 0);
+  // Per 128-bit lane (4 rows x 4 columns, row-major) -> column-major; then dwords 0,4,1,5,...
+  // put rows 0-3 and 4-7 of a column next to each other.
+  const __m256i by_col = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                          0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m256i halves = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256 s[2] = {_mm256_set1_ps(1.f), _mm256_set1_ps(1.f)};
+  int64_t group = -1;
+  for (int64_t kq = kq0; kq < kq1; ++kq) {
+    if (w.groups > 1 && kq * 4 / w.group_size != group) {
+      group = kq * 4 / w.group_size;
+      const float* sc = w.scales + int8_group_cell(w, rb, group);
+      s[0] = _mm256_loadu_ps(sc);
+      s[1] = _mm256_loadu_ps(sc + 8);
+    }
+    float* d = dst + (kq - kq0) * 64;
+    for (int h = 0; h < 2; ++h) {
+      __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + kq * 64 + 32 * h));
+      v = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, by_col), halves);
+      const __m128i c01 = _mm256_castsi256_si128(v), c23 = _mm256_extracti128_si256(v, 1);
+      const __m128i cols[4] = {c01, _mm_srli_si128(c01, 8), c23, _mm_srli_si128(c23, 8)};
+      for (int c = 0; c < 4; ++c) {
+        __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(cols[c]));
+        if (w.groups > 1) f = _mm256_mul_ps(f, s[h]);
+        _mm256_store_ps(d + c * 16 + 8 * h, f);
+      }
+    }
+  }
+}
+
+// acc[t][16] += sum over the chunk's cols columns of wk[col][r] * x[t][col].
+template <int T>
+void weight_only_tile(const float* wk, int64_t cols, const float* x, int64_t xs, float* acc) {
+  // Two small arrays of chunk sums from zero, added to acc at the end: GCC keeps one array of
+  // 12 vectors (or one loaded from acc) in memory and stores it every column.
+  __m256 lo[T], hi[T];
+  _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) lo[t] = hi[t] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < cols; ++k) {
+    const __m256 w0 = _mm256_load_ps(wk + 16 * k), w1 = _mm256_load_ps(wk + 16 * k + 8);
+    _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) {
+      const __m256 xb = _mm256_broadcast_ss(x + t * xs + k);
+      lo[t] = _mm256_fmadd_ps(w0, xb, lo[t]);
+      hi[t] = _mm256_fmadd_ps(w1, xb, hi[t]);
+    }
+  }
+  _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) {
+    _mm256_store_ps(acc + 16 * t, _mm256_add_ps(_mm256_load_ps(acc + 16 * t), lo[t]));
+    _mm256_store_ps(acc + 16 * t + 8, _mm256_add_ps(_mm256_load_ps(acc + 16 * t + 8), hi[t]));
+  }
+}
+
+// 6 tokens x 16 rows: 12 accumulators, 2 weight vectors and a broadcast fit the 16 registers.
+void weight_only_dequantized(const PackedInt8& w, const float* x, int64_t t0, int64_t mt, int64_t rb,
+                             const LinearOutput& out) {
+  constexpr int kTile = 6;
+  float* wk = scratch_floats(kKernelScratch, kWoChunkQuads * 64 + mt * 16);
+  float* acc = wk + kWoChunkQuads * 64;
+  for (int64_t i = 0; i < mt * 16; ++i) acc[i] = 0.f;
+  const int64_t quads = w.kp / 4;
+  for (int64_t kq0 = 0; kq0 < quads; kq0 += kWoChunkQuads) {
+    const int64_t kq1 = kq0 + kWoChunkQuads < quads ? kq0 + kWoChunkQuads : quads;
+    dequantize_chunk(w, rb, kq0, kq1, wk);
+    const int64_t cols = (kq1 - kq0) * 4;
+    const float* xc = x + t0 * w.kp + kq0 * 4;
+    int64_t t = 0;
+    for (; t + kTile <= mt; t += kTile) weight_only_tile<kTile>(wk, cols, xc + t * w.kp, w.kp, acc + 16 * t);
+    switch (mt - t) {
+      case 5: weight_only_tile<5>(wk, cols, xc + t * w.kp, w.kp, acc + 16 * t); break;
+      case 4: weight_only_tile<4>(wk, cols, xc + t * w.kp, w.kp, acc + 16 * t); break;
+      case 3: weight_only_tile<3>(wk, cols, xc + t * w.kp, w.kp, acc + 16 * t); break;
+      case 2: weight_only_tile<2>(wk, cols, xc + t * w.kp, w.kp, acc + 16 * t); break;
+      case 1: weight_only_tile<1>(wk, cols, xc + t * w.kp, w.kp, acc + 16 * t); break;
+      default: break;
+    }
+  }
+  const float* scale = w.scales + int8_group_cell(w, rb, 0);
+  for (int64_t t = 0; t < mt; ++t) {
+    float* v = acc + 16 * t;
+    if (w.groups == 1)
+      for (int r = 0; r < 16; ++r) v[r] = v[r] * scale[r];
+    store_rows16(w, rb, t0 + t, v, out);
+  }
+}
+
 void weight_only_avx2(const PackedInt8& w, const float* x, int64_t t0, int64_t mt, int64_t rb0,
                       int64_t rb1, const LinearOutput& out) {
-  for (int64_t rb = rb0; rb < rb1; ++rb)
+  for (int64_t rb = rb0; rb < rb1; ++rb) {
+    if (mt >= kWoTilesMinTokens) {
+      weight_only_dequantized(w, x, t0, mt, rb, out);
+      continue;
+    }
     for (int64_t t = t0; t < t0 + mt; ++t) {
       if (w.groups == 1) weight_only_block<false>(w, x, t, rb, out);
       else weight_only_block<true>(w, x, t, rb, out);
     }
+  }
 }
 
 }  // namespace
@@ -168,6 +281,7 @@ const Int8Kernels int8_kernels_avx2 = {
     .tiles_path = nullptr,
     .tiles_min_m = 0,
     .weight_only = weight_only_avx2,
+    .weight_only_tiles_min_m = kWoTilesMinTokens,
 };
 
 }  // namespace sparseinfer

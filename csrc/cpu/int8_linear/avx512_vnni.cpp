@@ -14,6 +14,7 @@ const Int8Kernels int8_kernels_avx512_vnni = {
     .tiles_path = nullptr,
     .tiles_min_m = 0,
     .weight_only = weight_only_avx512,
+    .weight_only_tiles_min_m = 0,
 };
 
 }  // namespace sparseinfer

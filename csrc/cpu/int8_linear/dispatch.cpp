@@ -84,8 +84,9 @@ void nonfinite_token(const PackedInt8& w, const Int8LinearCall& call, int64_t t,
 }  // namespace
 
 const char* int8_linear_path(Int8Act act, int64_t m, int64_t groups, int64_t group_size) {
-  if (act == Int8Act::none) return "dequant_rows";
   const Int8Kernels& k = active_kernels();
+  if (act == Int8Act::none)
+    return k.weight_only_tiles_min_m > 0 && m >= k.weight_only_tiles_min_m ? "dequant_tiles" : "dequant_rows";
   return use_tiles(k, m, groups, group_size) ? k.tiles_path : k.rows_path;
 }
 

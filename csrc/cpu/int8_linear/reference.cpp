@@ -64,6 +64,7 @@ const Int8Kernels int8_kernels_reference = {
     .tiles_path = nullptr,
     .tiles_min_m = 0,
     .weight_only = weight_only_ref,
+    .weight_only_tiles_min_m = 0,
 };
 
 }  // namespace sparseinfer

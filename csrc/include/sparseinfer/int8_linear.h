@@ -87,6 +87,8 @@ struct Int8Kernels {
   const char* tiles_path;              // int8_linear_path's name for dynamic_tiles, or null
   int64_t tiles_min_m;                 // m from which dynamic_tiles runs
   Int8WeightOnlyKernel weight_only;
+  int64_t weight_only_tiles_min_m;     // m from which weight_only dequantizes chunks once
+                                       // ("dequant_tiles"); 0: never ("dequant_rows")
 };
 
 extern const Int8Kernels int8_kernels_reference;
@@ -105,8 +107,8 @@ struct Int8LinearCall {
 };
 void int8_linear(const Int8LinearCall& call, int num_threads);
 
-// Which path int8_linear takes for m tokens: "dequant_rows" for act none, else the active tier's
-// Int8Kernels::rows_path or tiles_path (e.g. "vnni_rows", "amx_tiles").
+// Which path int8_linear takes for m tokens: "dequant_rows" or "dequant_tiles" for act none, else
+// the active tier's Int8Kernels::rows_path or tiles_path (e.g. "vnni_rows", "amx_tiles").
 const char* int8_linear_path(Int8Act act, int64_t m, int64_t groups, int64_t group_size);
 
 // Per-token symmetric quantization with the active tier's code, exposed so tests can compare it

@@ -110,5 +110,6 @@ def int8_linear(x: torch.Tensor, weight: Int8, bias: Optional[torch.Tensor] = No
 
 def int8_linear_path(weight: Int8, m: int, act: str = "dynamic") -> str:
     """Which kernel path int8_linear takes for m tokens on the active ISA tier: amx_tiles,
-    vnni_rows, avx2_rows or reference for act="dynamic"; dequant_rows for act="none"."""
+    vnni_rows, avx2_rows or reference for act="dynamic"; dequant_rows (or dequant_tiles: chunks
+    dequantized once for several tokens, avx2 tier) for act="none"."""
     return _C.int8_linear_path(check_act(act), int(m), weight.groups, weight.group_size or 0)
