@@ -39,7 +39,24 @@ struct Simd : Avx2Base {
     const float* xp;
   };
   static Panel load_panel(const float* xp) { return {xp}; }
-  static V gather_panel(const Panel& p, const uint8_t* idx, int n) { return gather_tail(p.xp, idx, n); }
+  // m = 1: eight scalar loads put together with inserts, about 3x vgatherdps's speed on Zen 4
+  // (11 cycles per 8-lane gather measured). Lanes >= n read the next row's indices (still inside
+  // the panel) and are zeroed: an inf in x must not meet their zero value.
+  static V gather_panel(const Panel& p, const uint8_t* idx, int n) {
+    uint64_t ix;
+    std::memcpy(&ix, idx, 8);
+    const float* x = p.xp;
+    __m128 lo = _mm_load_ss(x + (ix & 0xff));
+    lo = _mm_insert_ps(lo, _mm_load_ss(x + (ix >> 8 & 0xff)), 0x10);
+    lo = _mm_insert_ps(lo, _mm_load_ss(x + (ix >> 16 & 0xff)), 0x20);
+    lo = _mm_insert_ps(lo, _mm_load_ss(x + (ix >> 24 & 0xff)), 0x30);
+    __m128 hi = _mm_load_ss(x + (ix >> 32 & 0xff));
+    hi = _mm_insert_ps(hi, _mm_load_ss(x + (ix >> 40 & 0xff)), 0x10);
+    hi = _mm_insert_ps(hi, _mm_load_ss(x + (ix >> 48 & 0xff)), 0x20);
+    hi = _mm_insert_ps(hi, _mm_load_ss(x + (ix >> 56)), 0x30);
+    const V v = _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+    return _mm256_and_ps(v, tail(n));  // always: a branch on n mispredicts
+  }
   static V expand8(V v, unsigned m8) {
     __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpandTable[m8].data()));
     const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -56,8 +73,20 @@ struct Simd : Avx2Base {
 
 #include "simd_kernels.h"
 
+// m = 1 streams each panel across the task's rows (rows_gather_streaming); more tokens share
+// each weight read in groups of up to 4 (rows_gather).
+void rows_gather_avx2(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0,
+                      int64_t b1, const LinearOutput& out) {
+  if (m != 1) return rows_gather(w, x, xs, m, b0, b1, out);
+  switch (w.dtype) {
+    case DType::f32: return rows_gather_streaming<DType::f32>(w, x, b0, b1, out);
+    case DType::bf16: return rows_gather_streaming<DType::bf16>(w, x, b0, b1, out);
+    case DType::f16: return rows_gather_streaming<DType::f16>(w, x, b0, b1, out);
+  }
+}
+
 }  // namespace
 
-const CsrKernels csr_kernels_avx2 = {"avx2", 8, 4, rows_gather, rows_expand, tokens};
+const CsrKernels csr_kernels_avx2 = {"avx2", 8, 4, rows_gather_avx2, rows_expand, tokens};
 
 }  // namespace sparseinfer

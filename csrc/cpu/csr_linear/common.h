@@ -6,6 +6,7 @@
 
 #include "../kernel_common.h"
 #include "sparseinfer/csr_linear.h"
+#include "sparseinfer/scratch.h"
 
 namespace sparseinfer {
 namespace {

@@ -119,6 +119,42 @@ void rows_expand_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b
   }
 }
 
+// m = 1, streaming order: panel by panel over the task's whole row range, so each panel's
+// non-zeros (stored panel-major, then by row) are one contiguous read instead of a few KB per
+// (row block, panel) that the hardware prefetchers start over on. One vector partial sum per row
+// waits in scratch between panels. (Tried: every row of a row block running its longest row's
+// step count, masked, to avoid the trip-count mispredictions: slower at 70% and 90% on Zen 4.)
+template <DType DT>
+void rows_gather_streaming(const PackedCsr& w, const float* x, int64_t b0, int64_t b1,
+                           const LinearOutput& out) {
+  const int64_t r0 = b0 * kRowBlock;
+  const int64_t nr = std::min(w.rows, b1 * kRowBlock) - r0;
+  float* acc = scratch_floats(kKernelScratch, nr * (L + 1));
+  float* res = acc + nr * L;
+  for (int64_t r = 0; r < nr; ++r) Simd::store(acc + r * L, Simd::zero());
+  for (int64_t p = 0; p < w.panels; ++p) {
+    const uint8_t* cnt = w.counts + p * w.rows + r0;
+    const typename Simd::Panel panel = Simd::load_panel(x + p * kPanelCols);
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t off = panel_offset(w, p, b);
+      const int64_t rb_end = std::min(nr, (b - b0 + 1) * kRowBlock);
+      for (int64_t r = (b - b0) * kRowBlock; r < rb_end; ++r) {
+        const int c = cnt[r];
+        V a = Simd::load(acc + r * L);
+        for (int i = 0; i < c; i += L) {
+          const int n = c - i < L ? c - i : L;
+          a = Simd::fma(Simd::template load_vals_tail<DT>(w.values, off + i, n),
+                        Simd::gather_panel(panel, w.local_idx + off + i, n), a);
+        }
+        Simd::store(acc + r * L, a);
+        off += c;
+      }
+    }
+  }
+  for (int64_t r = 0; r < nr; ++r) res[r] = Simd::reduce(Simd::load(acc + r * L));
+  store_block(w, out, r0, nr, 0, 1, res, 1, 1);
+}
+
 template <template <DType, int> class Group, DType DT>
 struct RowsByGroup {
   static void run(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0,
