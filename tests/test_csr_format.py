@@ -2,7 +2,9 @@
 import pytest
 import torch
 
+import sparseinfer
 from sparseinfer import CSR
+from sparseinfer.formats.csr_cpu import BITMASK_MIN_DENSITY, BITMASK_MIN_DENSITY_AVX2, bitmask_min_density
 from sparseinfer.formats import FormatError
 from sparseinfer.benchmarks.weight_bytes import bytes_read_at
 from conftest import random_sparse
@@ -38,6 +40,18 @@ def test_index_width_and_sparsity():
 def test_bitmask_auto_follows_density():
     assert CSR.from_dense(random_sparse(64, 256, 0.5)).has_bitmask
     assert not CSR.from_dense(random_sparse(64, 256, 0.95)).has_bitmask
+
+
+def test_bitmask_crossover_follows_the_packing_tier():
+    """The avx2 tier expands from density 0.16 (no fast gather there), the others from 0.35."""
+    w = random_sparse(64, 256, 0.75)
+    with sparseinfer.cpu_isa("reference"):
+        assert bitmask_min_density() == BITMASK_MIN_DENSITY
+        assert not CSR.from_dense(w).has_bitmask
+    if "avx2" in sparseinfer.runtime.build_info()["supported_isas"]:
+        with sparseinfer.cpu_isa("avx2"):
+            assert bitmask_min_density() == BITMASK_MIN_DENSITY_AVX2 < BITMASK_MIN_DENSITY
+            assert CSR.from_dense(w).has_bitmask
 
 
 def test_bytes_accounting():

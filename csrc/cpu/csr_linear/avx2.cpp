@@ -11,12 +11,13 @@
 namespace sparseinfer {
 namespace {
 
-// For an 8-bit mask: lane j takes the value at position popcount(mask & ((1 << j) - 1)).
+// For an 8-bit mask: lane j takes the value at position popcount(mask & ((1 << j) - 1)); lanes
+// whose bit is clear hold -1, whose sign bit blends them to zero (vpermps reads the low 3 bits).
 constexpr std::array<std::array<int32_t, 8>, 256> make_expand_table() {
   std::array<std::array<int32_t, 8>, 256> t{};
   for (int m = 0; m < 256; ++m) {
     int pos = 0;
-    for (int j = 0; j < 8; ++j) t[m][j] = (m >> j & 1) ? pos++ : 0;
+    for (int j = 0; j < 8; ++j) t[m][j] = (m >> j & 1) ? pos++ : -1;
   }
   return t;
 }
@@ -58,10 +59,8 @@ struct Simd : Avx2Base {
     return _mm256_and_ps(v, tail(n));  // always: a branch on n mispredicts
   }
   static V expand8(V v, unsigned m8) {
-    __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpandTable[m8].data()));
-    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    __m256i lane = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(m8)), bits), bits);
-    return _mm256_and_ps(_mm256_permutevar8x32_ps(v, perm), _mm256_castsi256_ps(lane));
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpandTable[m8].data()));
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(v, perm), _mm256_setzero_ps(), _mm256_castsi256_ps(perm));
   }
   template <DType DT>
   static void expand16(const void* vals, int64_t off, uint16_t word, V* out) {
@@ -73,8 +72,8 @@ struct Simd : Avx2Base {
 
 #include "simd_kernels.h"
 
-// m = 1 streams each panel across the task's rows (rows_gather_streaming); more tokens share
-// each weight read in groups of up to 4 (rows_gather).
+// m = 1 streams each panel across the task's rows (rows_*_streaming); more tokens share each
+// weight read in groups of up to 4 (rows_gather, rows_expand).
 void rows_gather_avx2(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0,
                       int64_t b1, const LinearOutput& out) {
   if (m != 1) return rows_gather(w, x, xs, m, b0, b1, out);
@@ -85,8 +84,18 @@ void rows_gather_avx2(const PackedCsr& w, const float* x, int64_t xs, int64_t m,
   }
 }
 
+void rows_expand_avx2(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0,
+                      int64_t b1, const LinearOutput& out) {
+  if (m != 1) return rows_expand(w, x, xs, m, b0, b1, out);
+  switch (w.dtype) {
+    case DType::f32: return rows_expand_streaming<DType::f32>(w, x, b0, b1, out);
+    case DType::bf16: return rows_expand_streaming<DType::bf16>(w, x, b0, b1, out);
+    case DType::f16: return rows_expand_streaming<DType::f16>(w, x, b0, b1, out);
+  }
+}
+
 }  // namespace
 
-const CsrKernels csr_kernels_avx2 = {"avx2", 8, 4, rows_gather_avx2, rows_expand, tokens};
+const CsrKernels csr_kernels_avx2 = {"avx2", 8, 4, rows_gather_avx2, rows_expand_avx2, tokens};
 
 }  // namespace sparseinfer

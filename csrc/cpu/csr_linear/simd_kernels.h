@@ -155,6 +155,62 @@ void rows_gather_streaming(const PackedCsr& w, const float* x, int64_t b0, int64
   store_block(w, out, r0, nr, 0, 1, res, 1, 1);
 }
 
+// m = 1 with a bitmask, in the same streaming order as rows_gather_streaming: each row's
+// 16-column chunks expanded into dense lanes meet x straight from L1 (a panel of x does not fit
+// AVX2's registers), four independent partial sums per row.
+template <DType DT>
+void rows_expand_streaming(const PackedCsr& w, const float* x, int64_t b0, int64_t b1,
+                           const LinearOutput& out) {
+  constexpr int kVPC = 16 / L;  // vectors per 16-column chunk
+  const int64_t r0 = b0 * kRowBlock;
+  const int64_t nr = std::min(w.rows, b1 * kRowBlock) - r0;
+  float* acc = scratch_floats(kKernelScratch, nr * (L + 1));
+  float* res = acc + nr * L;
+  for (int64_t r = 0; r < nr; ++r) Simd::store(acc + r * L, Simd::zero());
+  for (int64_t p = 0; p < w.panels; ++p) {
+    const uint8_t* cnt = w.counts + p * w.rows + r0;
+    const uint16_t* masks = w.bitmask + (p * w.rows + r0) * kMaskWordsPerPanel;
+    const float* xp = x + p * kPanelCols;
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t off = panel_offset(w, p, b);
+      const int64_t rb_end = std::min(nr, (b - b0 + 1) * kRowBlock);
+      for (int64_t r = (b - b0) * kRowBlock; r < rb_end; ++r) {
+        const int c = cnt[r];
+        uint64_t m0, m1;
+        std::memcpy(&m0, masks + r * kMaskWordsPerPanel, 8);
+        std::memcpy(&m1, masks + r * kMaskWordsPerPanel + 4, 8);
+        const int lo = __builtin_popcountll(m0);
+        if (lo + __builtin_popcountll(m1) != c) {  // would read outside the row's values
+          report_mask_error(w);
+          off += c;
+          continue;
+        }
+        int64_t start[8];  // each chunk's first value, computed independently (no serial chain)
+        start[0] = 0;
+        start[1] = __builtin_popcountll(m0 & 0xffffull);
+        start[2] = __builtin_popcountll(m0 & 0xffffffffull);
+        start[3] = __builtin_popcountll(m0 & 0xffffffffffffull);
+        start[4] = lo;
+        start[5] = lo + __builtin_popcountll(m1 & 0xffffull);
+        start[6] = lo + __builtin_popcountll(m1 & 0xffffffffull);
+        start[7] = lo + __builtin_popcountll(m1 & 0xffffffffffffull);
+        V a[4] = {Simd::load(acc + r * L), Simd::zero(), Simd::zero(), Simd::zero()};
+        for (int j = 0; j < 8; ++j) {
+          const uint16_t word = static_cast<uint16_t>((j < 4 ? m0 : m1) >> (16 * (j & 3)));
+          V e[kVPC];
+          Simd::template expand16<DT>(w.values, off + start[j], word, e);
+          for (int q = 0; q < kVPC; ++q)
+            a[(j * kVPC + q) & 3] = Simd::fma(e[q], Simd::load(xp + j * 16 + q * L), a[(j * kVPC + q) & 3]);
+        }
+        Simd::store(acc + r * L, Simd::add(Simd::add(a[0], a[1]), Simd::add(a[2], a[3])));
+        off += c;
+      }
+    }
+  }
+  for (int64_t r = 0; r < nr; ++r) res[r] = Simd::reduce(Simd::load(acc + r * L));
+  store_block(w, out, r0, nr, 0, 1, res, 1, 1);
+}
+
 template <template <DType, int> class Group, DType DT>
 struct RowsByGroup {
   static void run(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0,

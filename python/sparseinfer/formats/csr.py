@@ -25,7 +25,7 @@ from . import csr_cpu, csr_cuda
 from . import host
 from .base import PackedWeight, canonical_shape
 from .bits import pack_bits_np, popcount, popcount_np
-from .csr_cpu import BITMASK_MIN_DENSITY  # noqa: F401 (re-exported: the documented crossover)
+from .csr_cpu import BITMASK_MIN_DENSITY, bitmask_min_density  # noqa: F401 (re-exported: the documented crossovers)
 from .errors import FormatError
 
 

@@ -20,8 +20,16 @@ from .bits import pack_bits, pack_bits_np, popcount
 from .errors import FormatError
 
 # At or above this density the m=1 path expands a bitmask (cost per column); below it, it
-# gathers by index (cost per non-zero). Measured crossover on AVX-512, see bench/results.
+# gathers by index (cost per non-zero). Measured crossover on AVX-512 (Sapphire Rapids), see
+# bench/results; on the avx2 tier (Zen 4, slow vgatherdps) the paths cross near density 0.16
+# (bench/csr_m1_paths_ab.py: expand 1.21x faster at 0.2, gather 1.43x faster at 0.1).
 BITMASK_MIN_DENSITY = 0.35
+BITMASK_MIN_DENSITY_AVX2 = 0.16
+
+
+def bitmask_min_density() -> float:
+    """The crossover for the ISA tier active now (the one that will run the packed layout)."""
+    return BITMASK_MIN_DENSITY_AVX2 if _C.active_isa() == "avx2" else BITMASK_MIN_DENSITY
 
 
 def _fail(name: str, message: str) -> None:
@@ -31,7 +39,7 @@ def _fail(name: str, message: str) -> None:
 def wants_bitmask(bitmask, nnz: int, rows: int, cols: int) -> bool:
     """Whether to pack the m=1 expand masks: bitmask is True/False or "auto" (by density)."""
     if bitmask == "auto":
-        return nnz / max(1, rows * cols) >= BITMASK_MIN_DENSITY
+        return nnz / max(1, rows * cols) >= bitmask_min_density()
     return bool(bitmask)
 
 
