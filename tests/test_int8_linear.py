@@ -65,7 +65,8 @@ def test_paths_follow_the_isa():
         with sparseinfer.cpu_isa("avx2"):
             assert ops.int8_linear_path(q, 128) == "avx2_rows"
             assert ops.int8_linear_path(q, 1, act="none") == "dequant_rows"
-            assert ops.int8_linear_path(q, 2, act="none") == "dequant_tiles"
+            assert ops.int8_linear_path(q, 3, act="none") == "dequant_rows"
+            assert ops.int8_linear_path(q, 4, act="none") == "dequant_tiles"
     if "avx512_vnni" in supported:
         with sparseinfer.cpu_isa("avx512_vnni"):
             assert ops.int8_linear_path(q, 128) == "vnni_rows"
@@ -75,6 +76,18 @@ def test_paths_follow_the_isa():
             assert ops.int8_linear_path(q, 128) == "amx_tiles"
             assert ops.int8_linear_path(q32, 128) == "vnni_rows"  # AMX groups need multiples of 64
     assert ops.int8_linear_path(q, 1, act="none") == "dequant_rows"
+
+
+@pytest.mark.parametrize("cols, group_size", [(65, 32), (100, 64), (129, 32), (1100, 128), (600, None)])
+@pytest.mark.parametrize("m", [1, 4, 7])
+def test_weight_only_groups_and_chunks(isa, cols, group_size, m):
+    """Groups whose last one runs into the 64-column padding (65 columns in groups of 32 pad to
+    128: the third group covers 64..127), and several 256-column chunks of the avx2 tiles path."""
+    q = _weight(37, cols, torch.float32, group_size)
+    x = torch.randn(m, cols)
+    exact = reference.int8_linear(x.double(), q, act="none")
+    torch_err = relative_error(torch.nn.functional.linear(x, q.to_dense()), exact)
+    assert relative_error(ops.int8_linear(x, q, act="none"), exact) <= 2 * torch_err + FLOOR[torch.float32]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

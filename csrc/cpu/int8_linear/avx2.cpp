@@ -3,6 +3,8 @@
 // weights per vector in registers.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "../simd/avx2.h"
 #include "common.h"
 #include "sparseinfer/scratch.h"
@@ -166,10 +168,13 @@ void weight_only_block(const PackedInt8& w, const float* x, int64_t t, int64_t r
 // once into L1, column-major (16 rows of one column side by side, grouped scales applied), then
 // a register tile of T tokens x 16 rows runs one broadcast and two FMAs per column and token:
 // the conversion is paid once per weight instead of once per weight and token.
-constexpr int64_t kWoTilesMinTokens = 2;
+constexpr int64_t kWoTilesMinTokens = 4;  // measured: below, converting per token is faster
 constexpr int64_t kWoChunkQuads = 64;  // columns / 4 per chunk: 256 columns x 16 rows fp32 = 16 KB
 
-// Column-major fp32 of lines [kq0, kq1) of row block rb: dst[(4 (kq - kq0) + c) * 16 + r].
+// Column-major fp32 of lines [kq0, kq1) of row block rb: dst[(4 (kq - kq0) + c) * 16 + r]
+// (GROUPED: times each row's group scale). Fields are read into locals once: the stores
+// through dst could alias w for the compiler.
+template <bool GROUPED>
 void dequantize_chunk(const PackedInt8& w, int64_t rb, int64_t kq0, int64_t kq1, float* dst) {
   const int8_t* line = w.qweight + int8_line(w, rb, 0);
   // Per 128-bit lane (4 rows x 4 columns, row-major) -> column-major; then dwords 0,4,1,5,...
@@ -177,14 +182,19 @@ void dequantize_chunk(const PackedInt8& w, int64_t rb, int64_t kq0, int64_t kq1,
   const __m256i by_col = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
                                           0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __m256i halves = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  __m256 s[2] = {_mm256_set1_ps(1.f), _mm256_set1_ps(1.f)};
-  int64_t group = -1;
+  const int64_t group_quads = GROUPED ? w.group_size / 4 : 0;
+  const float* scales = w.scales + int8_group_cell(w, rb, 0);
+  // The last group runs to kp (padding to 64 columns may pass groups * group_size).
+  const int64_t last = w.groups - 1;
+  int64_t group = GROUPED ? std::min(kq0 / group_quads, last) : 0;
+  int64_t next_group = GROUPED && group < last ? (group + 1) * group_quads : kq1;
+  __m256 s[2] = {_mm256_loadu_ps(scales + 16 * group), _mm256_loadu_ps(scales + 16 * group + 8)};
   for (int64_t kq = kq0; kq < kq1; ++kq) {
-    if (w.groups > 1 && kq * 4 / w.group_size != group) {
-      group = kq * 4 / w.group_size;
-      const float* sc = w.scales + int8_group_cell(w, rb, group);
-      s[0] = _mm256_loadu_ps(sc);
-      s[1] = _mm256_loadu_ps(sc + 8);
+    if (GROUPED && kq == next_group) {
+      ++group;
+      next_group = group < last ? next_group + group_quads : kq1;
+      s[0] = _mm256_loadu_ps(scales + 16 * group);
+      s[1] = _mm256_loadu_ps(scales + 16 * group + 8);
     }
     float* d = dst + (kq - kq0) * 64;
     for (int h = 0; h < 2; ++h) {
@@ -194,31 +204,42 @@ void dequantize_chunk(const PackedInt8& w, int64_t rb, int64_t kq0, int64_t kq1,
       const __m128i cols[4] = {c01, _mm_srli_si128(c01, 8), c23, _mm_srli_si128(c23, 8)};
       for (int c = 0; c < 4; ++c) {
         __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(cols[c]));
-        if (w.groups > 1) f = _mm256_mul_ps(f, s[h]);
+        if constexpr (GROUPED) f = _mm256_mul_ps(f, s[h]);
         _mm256_store_ps(d + c * 16 + 8 * h, f);
       }
     }
   }
 }
 
-// acc[t][16] += sum over the chunk's cols columns of wk[col][r] * x[t][col].
+// acc[t][16] += sum over the chunk's cols columns (a multiple of 4) of wk[col][r] * x[t][col].
+// S sets of partial sums over alternate columns keep at least 8 FMA chains in flight (FMA
+// latency 4 x 2 per cycle) when T is small.
 template <int T>
 void weight_only_tile(const float* wk, int64_t cols, const float* x, int64_t xs, float* acc) {
-  // Two small arrays of chunk sums from zero, added to acc at the end: GCC keeps one array of
-  // 12 vectors (or one loaded from acc) in memory and stores it every column.
-  __m256 lo[T], hi[T];
-  _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) lo[t] = hi[t] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < cols; ++k) {
-    const __m256 w0 = _mm256_load_ps(wk + 16 * k), w1 = _mm256_load_ps(wk + 16 * k + 8);
-    _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) {
-      const __m256 xb = _mm256_broadcast_ss(x + t * xs + k);
-      lo[t] = _mm256_fmadd_ps(w0, xb, lo[t]);
-      hi[t] = _mm256_fmadd_ps(w1, xb, hi[t]);
+  constexpr int S = T == 1 ? 4 : T <= 3 ? 2 : 1;
+  // Small arrays of chunk sums from zero, added to acc at the end, and unrolled early: GCC keeps
+  // larger or acc-loaded arrays of vectors in memory and stores them every column.
+  __m256 lo[S][T], hi[S][T];
+  _Pragma("GCC unroll 8") for (int s = 0; s < S; ++s)
+    _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) lo[s][t] = hi[s][t] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < cols; k += S) {
+    _Pragma("GCC unroll 8") for (int s = 0; s < S; ++s) {
+      const __m256 w0 = _mm256_load_ps(wk + 16 * (k + s)), w1 = _mm256_load_ps(wk + 16 * (k + s) + 8);
+      _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) {
+        const __m256 xb = _mm256_broadcast_ss(x + t * xs + k + s);
+        lo[s][t] = _mm256_fmadd_ps(w0, xb, lo[s][t]);
+        hi[s][t] = _mm256_fmadd_ps(w1, xb, hi[s][t]);
+      }
     }
   }
   _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) {
-    _mm256_store_ps(acc + 16 * t, _mm256_add_ps(_mm256_load_ps(acc + 16 * t), lo[t]));
-    _mm256_store_ps(acc + 16 * t + 8, _mm256_add_ps(_mm256_load_ps(acc + 16 * t + 8), hi[t]));
+    __m256 l = lo[0][t], h = hi[0][t];
+    _Pragma("GCC unroll 8") for (int s = 1; s < S; ++s) {
+      l = _mm256_add_ps(l, lo[s][t]);
+      h = _mm256_add_ps(h, hi[s][t]);
+    }
+    _mm256_store_ps(acc + 16 * t, _mm256_add_ps(_mm256_load_ps(acc + 16 * t), l));
+    _mm256_store_ps(acc + 16 * t + 8, _mm256_add_ps(_mm256_load_ps(acc + 16 * t + 8), h));
   }
 }
 
@@ -232,7 +253,8 @@ void weight_only_dequantized(const PackedInt8& w, const float* x, int64_t t0, in
   const int64_t quads = w.kp / 4;
   for (int64_t kq0 = 0; kq0 < quads; kq0 += kWoChunkQuads) {
     const int64_t kq1 = kq0 + kWoChunkQuads < quads ? kq0 + kWoChunkQuads : quads;
-    dequantize_chunk(w, rb, kq0, kq1, wk);
+    if (w.groups > 1) dequantize_chunk<true>(w, rb, kq0, kq1, wk);
+    else dequantize_chunk<false>(w, rb, kq0, kq1, wk);
     const int64_t cols = (kq1 - kq0) * 4;
     const float* xc = x + t0 * w.kp + kq0 * 4;
     int64_t t = 0;
