@@ -74,24 +74,31 @@ struct Simd : Avx2Base {
 
 // m = 1 streams each panel across the task's rows (rows_*_streaming); more tokens share each
 // weight read in groups of up to 4 (rows_gather, rows_expand).
+void rows_streaming(bool expand, const PackedCsr& w, const float* x, int64_t b0, int64_t b1,
+                    const LinearOutput& out) {
+  switch (w.dtype) {
+    case DType::f32:
+      return expand ? rows_expand_streaming<DType::f32>(w, x, b0, b1, out)
+                    : rows_gather_streaming<DType::f32>(w, x, b0, b1, out);
+    case DType::bf16:
+      return expand ? rows_expand_streaming<DType::bf16>(w, x, b0, b1, out)
+                    : rows_gather_streaming<DType::bf16>(w, x, b0, b1, out);
+    case DType::f16:
+      return expand ? rows_expand_streaming<DType::f16>(w, x, b0, b1, out)
+                    : rows_gather_streaming<DType::f16>(w, x, b0, b1, out);
+  }
+}
+
 void rows_gather_avx2(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0,
                       int64_t b1, const LinearOutput& out) {
-  if (m != 1) return rows_gather(w, x, xs, m, b0, b1, out);
-  switch (w.dtype) {
-    case DType::f32: return rows_gather_streaming<DType::f32>(w, x, b0, b1, out);
-    case DType::bf16: return rows_gather_streaming<DType::bf16>(w, x, b0, b1, out);
-    case DType::f16: return rows_gather_streaming<DType::f16>(w, x, b0, b1, out);
-  }
+  if (m == 1) return rows_streaming(false, w, x, b0, b1, out);
+  rows_gather(w, x, xs, m, b0, b1, out);
 }
 
 void rows_expand_avx2(const PackedCsr& w, const float* x, int64_t xs, int64_t m, int64_t b0,
                       int64_t b1, const LinearOutput& out) {
-  if (m != 1) return rows_expand(w, x, xs, m, b0, b1, out);
-  switch (w.dtype) {
-    case DType::f32: return rows_expand_streaming<DType::f32>(w, x, b0, b1, out);
-    case DType::bf16: return rows_expand_streaming<DType::bf16>(w, x, b0, b1, out);
-    case DType::f16: return rows_expand_streaming<DType::f16>(w, x, b0, b1, out);
-  }
+  if (m == 1) return rows_streaming(true, w, x, b0, b1, out);
+  rows_expand(w, x, xs, m, b0, b1, out);
 }
 
 }  // namespace

@@ -49,6 +49,30 @@ void rows_gather_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b
   }
 }
 
+// A row's 128-bit panel mask (m0: columns 0-63, m1: 64-127) and the offset of each 16-column
+// chunk's first value, computed independently (no serial popcount chain). False (and the error
+// reported) when the mask's popcount is not the row's count: expanding would read outside the
+// row's values.
+inline bool row_chunks(const PackedCsr& w, const uint16_t* mask, int c, uint64_t& m0, uint64_t& m1,
+                       int64_t start[8]) {
+  std::memcpy(&m0, mask, 8);
+  std::memcpy(&m1, mask + 4, 8);
+  const int lo = __builtin_popcountll(m0);
+  if (lo + __builtin_popcountll(m1) != c) {
+    report_mask_error(w);
+    return false;
+  }
+  start[0] = 0;
+  start[1] = __builtin_popcountll(m0 & 0xffffull);
+  start[2] = __builtin_popcountll(m0 & 0xffffffffull);
+  start[3] = __builtin_popcountll(m0 & 0xffffffffffffull);
+  start[4] = lo;
+  start[5] = lo + __builtin_popcountll(m1 & 0xffffull);
+  start[6] = lo + __builtin_popcountll(m1 & 0xffffffffull);
+  start[7] = lo + __builtin_popcountll(m1 & 0xffffffffffffull);
+  return true;
+}
+
 // "Load as sparse, compute as dense": expand each 16-column chunk of a row into dense lanes.
 template <DType DT, int TB>
 void rows_expand_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b0, int64_t b1,
@@ -73,24 +97,11 @@ void rows_expand_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b
         int c = cnt[r];
         if (c == 0) continue;
         uint64_t m0, m1;
-        std::memcpy(&m0, masks + r * kMaskWordsPerPanel, 8);
-        std::memcpy(&m1, masks + r * kMaskWordsPerPanel + 4, 8);
-        const int lo = __builtin_popcountll(m0);
-        if (lo + __builtin_popcountll(m1) != c) {  // would read outside the row's values
-          report_mask_error(w);
+        int64_t start[8];
+        if (!row_chunks(w, masks + r * kMaskWordsPerPanel, c, m0, m1, start)) {
           off += c;
           continue;
         }
-        // Start of each chunk's values, computed independently (no serial popcount chain).
-        int64_t start[8];
-        start[0] = 0;
-        start[1] = __builtin_popcountll(m0 & 0xffffull);
-        start[2] = __builtin_popcountll(m0 & 0xffffffffull);
-        start[3] = __builtin_popcountll(m0 & 0xffffffffffffull);
-        start[4] = lo;
-        start[5] = lo + __builtin_popcountll(m1 & 0xffffull);
-        start[6] = lo + __builtin_popcountll(m1 & 0xffffffffull);
-        start[7] = lo + __builtin_popcountll(m1 & 0xffffffffffffull);
         V a[2][TB];
         for (int t = 0; t < TB; ++t) {
           a[0][t] = acc[r][t];
@@ -122,11 +133,11 @@ void rows_expand_group(const PackedCsr& w, const float* x, int64_t xs, int64_t b
 // m = 1, streaming order: panel by panel over the task's whole row range, so each panel's
 // non-zeros (stored panel-major, then by row) are one contiguous read instead of a few KB per
 // (row block, panel) that the hardware prefetchers start over on. One vector partial sum per row
-// waits in scratch between panels. (Tried: every row of a row block running its longest row's
-// step count, masked, to avoid the trip-count mispredictions: slower at 70% and 90% on Zen 4.)
-template <DType DT>
-void rows_gather_streaming(const PackedCsr& w, const float* x, int64_t b0, int64_t b1,
-                           const LinearOutput& out) {
+// waits in scratch between panels. panel_rows(p) gives the row step of panel p:
+// a = step(r, off, c, a) adds row r's c non-zeros starting at off (r counts from b0's first row).
+template <class PanelRows>
+void rows_streaming_m1(const PackedCsr& w, int64_t b0, int64_t b1, const LinearOutput& out,
+                       PanelRows&& panel_rows) {
   const int64_t r0 = b0 * kRowBlock;
   const int64_t nr = std::min(w.rows, b1 * kRowBlock) - r0;
   float* acc = scratch_floats(kKernelScratch, nr * (L + 1));
@@ -134,19 +145,13 @@ void rows_gather_streaming(const PackedCsr& w, const float* x, int64_t b0, int64
   for (int64_t r = 0; r < nr; ++r) Simd::store(acc + r * L, Simd::zero());
   for (int64_t p = 0; p < w.panels; ++p) {
     const uint8_t* cnt = w.counts + p * w.rows + r0;
-    const typename Simd::Panel panel = Simd::load_panel(x + p * kPanelCols);
+    const auto step = panel_rows(p);
     for (int64_t b = b0; b < b1; ++b) {
       int64_t off = panel_offset(w, p, b);
       const int64_t rb_end = std::min(nr, (b - b0 + 1) * kRowBlock);
       for (int64_t r = (b - b0) * kRowBlock; r < rb_end; ++r) {
         const int c = cnt[r];
-        V a = Simd::load(acc + r * L);
-        for (int i = 0; i < c; i += L) {
-          const int n = c - i < L ? c - i : L;
-          a = Simd::fma(Simd::template load_vals_tail<DT>(w.values, off + i, n),
-                        Simd::gather_panel(panel, w.local_idx + off + i, n), a);
-        }
-        Simd::store(acc + r * L, a);
+        Simd::store(acc + r * L, step(r, off, c, Simd::load(acc + r * L)));
         off += c;
       }
     }
@@ -155,60 +160,49 @@ void rows_gather_streaming(const PackedCsr& w, const float* x, int64_t b0, int64
   store_block(w, out, r0, nr, 0, 1, res, 1, 1);
 }
 
-// m = 1 with a bitmask, in the same streaming order as rows_gather_streaming: each row's
-// 16-column chunks expanded into dense lanes meet x straight from L1 (a panel of x does not fit
-// AVX2's registers), four independent partial sums per row.
+// Gather x by index, L lanes a step. (Tried: every row of a row block running its longest row's
+// step count, masked, to avoid the trip-count mispredictions: slower at 70% and 90% on Zen 4.)
+template <DType DT>
+void rows_gather_streaming(const PackedCsr& w, const float* x, int64_t b0, int64_t b1,
+                           const LinearOutput& out) {
+  rows_streaming_m1(w, b0, b1, out, [&](int64_t p) {
+    const typename Simd::Panel panel = Simd::load_panel(x + p * kPanelCols);
+    return [&w, panel](int64_t, int64_t off, int c, V a) {
+      for (int i = 0; i < c; i += L) {
+        const int n = c - i < L ? c - i : L;
+        a = Simd::fma(Simd::template load_vals_tail<DT>(w.values, off + i, n),
+                      Simd::gather_panel(panel, w.local_idx + off + i, n), a);
+      }
+      return a;
+    };
+  });
+}
+
+// With a bitmask: each row's 16-column chunks expanded into dense lanes meet x straight from L1
+// (a panel of x does not fit AVX2's registers), four independent partial sums per row.
 template <DType DT>
 void rows_expand_streaming(const PackedCsr& w, const float* x, int64_t b0, int64_t b1,
                            const LinearOutput& out) {
   constexpr int kVPC = 16 / L;  // vectors per 16-column chunk
-  const int64_t r0 = b0 * kRowBlock;
-  const int64_t nr = std::min(w.rows, b1 * kRowBlock) - r0;
-  float* acc = scratch_floats(kKernelScratch, nr * (L + 1));
-  float* res = acc + nr * L;
-  for (int64_t r = 0; r < nr; ++r) Simd::store(acc + r * L, Simd::zero());
-  for (int64_t p = 0; p < w.panels; ++p) {
-    const uint8_t* cnt = w.counts + p * w.rows + r0;
-    const uint16_t* masks = w.bitmask + (p * w.rows + r0) * kMaskWordsPerPanel;
+  const uint16_t* first_mask = w.bitmask + b0 * kRowBlock * kMaskWordsPerPanel;
+  rows_streaming_m1(w, b0, b1, out, [&](int64_t p) {
+    const uint16_t* masks = first_mask + p * w.rows * kMaskWordsPerPanel;
     const float* xp = x + p * kPanelCols;
-    for (int64_t b = b0; b < b1; ++b) {
-      int64_t off = panel_offset(w, p, b);
-      const int64_t rb_end = std::min(nr, (b - b0 + 1) * kRowBlock);
-      for (int64_t r = (b - b0) * kRowBlock; r < rb_end; ++r) {
-        const int c = cnt[r];
-        uint64_t m0, m1;
-        std::memcpy(&m0, masks + r * kMaskWordsPerPanel, 8);
-        std::memcpy(&m1, masks + r * kMaskWordsPerPanel + 4, 8);
-        const int lo = __builtin_popcountll(m0);
-        if (lo + __builtin_popcountll(m1) != c) {  // would read outside the row's values
-          report_mask_error(w);
-          off += c;
-          continue;
-        }
-        int64_t start[8];  // each chunk's first value, computed independently (no serial chain)
-        start[0] = 0;
-        start[1] = __builtin_popcountll(m0 & 0xffffull);
-        start[2] = __builtin_popcountll(m0 & 0xffffffffull);
-        start[3] = __builtin_popcountll(m0 & 0xffffffffffffull);
-        start[4] = lo;
-        start[5] = lo + __builtin_popcountll(m1 & 0xffffull);
-        start[6] = lo + __builtin_popcountll(m1 & 0xffffffffull);
-        start[7] = lo + __builtin_popcountll(m1 & 0xffffffffffffull);
-        V a[4] = {Simd::load(acc + r * L), Simd::zero(), Simd::zero(), Simd::zero()};
-        for (int j = 0; j < 8; ++j) {
-          const uint16_t word = static_cast<uint16_t>((j < 4 ? m0 : m1) >> (16 * (j & 3)));
-          V e[kVPC];
-          Simd::template expand16<DT>(w.values, off + start[j], word, e);
-          for (int q = 0; q < kVPC; ++q)
-            a[(j * kVPC + q) & 3] = Simd::fma(e[q], Simd::load(xp + j * 16 + q * L), a[(j * kVPC + q) & 3]);
-        }
-        Simd::store(acc + r * L, Simd::add(Simd::add(a[0], a[1]), Simd::add(a[2], a[3])));
-        off += c;
+    return [&w, masks, xp](int64_t r, int64_t off, int c, V acc) {
+      uint64_t m0, m1;
+      int64_t start[8];
+      if (!row_chunks(w, masks + r * kMaskWordsPerPanel, c, m0, m1, start)) return acc;
+      V a[4] = {acc, Simd::zero(), Simd::zero(), Simd::zero()};
+      for (int j = 0; j < 8; ++j) {
+        const uint16_t word = static_cast<uint16_t>((j < 4 ? m0 : m1) >> (16 * (j & 3)));
+        V e[kVPC];
+        Simd::template expand16<DT>(w.values, off + start[j], word, e);
+        for (int q = 0; q < kVPC; ++q)
+          a[(j * kVPC + q) & 3] = Simd::fma(e[q], Simd::load(xp + j * 16 + q * L), a[(j * kVPC + q) & 3]);
       }
-    }
-  }
-  for (int64_t r = 0; r < nr; ++r) res[r] = Simd::reduce(Simd::load(acc + r * L));
-  store_block(w, out, r0, nr, 0, 1, res, 1, 1);
+      return Simd::add(Simd::add(a[0], a[1]), Simd::add(a[2], a[3]));
+    };
+  });
 }
 
 template <template <DType, int> class Group, DType DT>
