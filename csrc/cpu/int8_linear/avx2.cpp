@@ -1,6 +1,7 @@
 // AVX2 tier. W8A8 multiplies with vpmaddubsw on |w| and sign-moved x, which cannot saturate
 // (see dynamic_block), over a register tile of tokens x 16 rows. Weight-only dequantizes 8
-// weights per vector in registers.
+// weights per vector in registers for each token, or from a few tokens on, chunks of a row block
+// once into L1 for an fp32 register tile (weight_only_dequantized).
 #include <immintrin.h>
 
 #include <algorithm>
