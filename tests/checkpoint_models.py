@@ -1,6 +1,8 @@
 """Small models and checkpoints the checkpoint tests share, and guards that keep a regression
 on hostile checkpoints from exhausting memory or hanging the suite."""
 import contextlib
+import json
+import os
 import resource
 import subprocess
 import sys
@@ -9,7 +11,29 @@ import torch
 from torch import nn
 
 import sparseinfer
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from sparseinfer.compress import prune_2_4
+
+
+def read_config(directory) -> dict:
+    """A checkpoint directory's config.json."""
+    with open(os.path.join(directory, "config.json")) as f:
+        return json.load(f)
+
+
+def stored_keys(directory) -> dict:
+    """{name: (dtype string, shape)} of the tensors in a checkpoint's model.safetensors."""
+    with safe_open(os.path.join(directory, "model.safetensors"), "pt") as f:
+        return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+
+
+def edit_tensors(directory, edit) -> None:
+    """Rewrite a checkpoint's model.safetensors after edit(tensors dict) (hostile-input tests)."""
+    path = os.path.join(directory, "model.safetensors")
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path)
 
 
 def mlp(dtype=torch.float32) -> nn.Sequential:

@@ -16,6 +16,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls on a busy 2-core host: one torch thread for the test, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def random_sparse(rows, cols, sparsity, dtype=torch.float32):
     w = torch.randn(rows, cols)
     w[torch.rand(rows, cols) < sparsity] = 0

@@ -1,33 +1,19 @@
 """Shared by the 4-bit lookup checkpoint tests (test_checkpoint_lut4*.py): a small MLP with
 compressed layers, config and tensor readers, and a checkpoint with a codebook and an int4 layer."""
-import json
-import os
 import shutil
 import warnings
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 import sparseinfer
 from sparseinfer import CodebookLinear, CSRLinear, Int4Linear, Int8Linear
 from sparseinfer.checkpoint import CheckpointError
 from sparseinfer.checkpoint.int_packing import pack_int32, pack_int32_dim0, unpack_int32_dim0
-from checkpoint_models import mlp
+from checkpoint_models import mlp, read_config as _config, stored_keys as _keys  # noqa: F401 (re-exported)
 
 X = torch.randn(5, 72, generator=torch.Generator().manual_seed(1))
-
-
-def _config(directory):
-    with open(os.path.join(directory, "config.json")) as f:
-        return json.load(f)
-
-
-def _keys(directory):
-    with safe_open(os.path.join(directory, "model.safetensors"), "pt") as f:
-        return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
 
 
 def _quiet_load(directory, model=None):

@@ -14,15 +14,10 @@ import sparseinfer
 from sparseinfer import CSRLinear, Int4Linear, Int8Linear, Sparse24Linear
 from sparseinfer.checkpoint import CheckpointError
 from sparseinfer.checkpoint.int_packing import pack_int32, unpack_int32
-from checkpoint_models import compressed_mlp, mlp, pruned_mlp
+from checkpoint_models import compressed_mlp, mlp, pruned_mlp, read_config as _config
 
 LAYER = {"csr": CSRLinear, "2:4": Sparse24Linear, "int8": Int8Linear}
 CASES = [("csr", {}), ("2:4", {}), ("int8", {"act": "dynamic"}), ("int8", {"act": "none", "group_size": 64})]
-
-
-def _config(directory):
-    with open(os.path.join(directory, "config.json")) as f:
-        return json.load(f)
 
 
 def _keys(directory):

@@ -11,14 +11,12 @@ import warnings
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 import sparseinfer
 from sparseinfer import Int8Linear, Sparse24Linear
 from sparseinfer.checkpoint import CheckpointError
 from sparseinfer.nn import CsrInt8Linear, Sparse24Int8Linear
-from checkpoint_models import mlp, pruned_mlp
+from checkpoint_models import edit_tensors as _edit_tensors, mlp, pruned_mlp, read_config as _config, stored_keys as _keys
 
 LAYER = {"csr+int8": CsrInt8Linear, "2:4+int8": Sparse24Int8Linear}
 PRUNING = {"csr+int8": "csr", "2:4+int8": "2:4"}
@@ -31,16 +29,6 @@ def _model(fmt, dtype=torch.float32, **options):
     model = pruned_mlp(PRUNING[fmt], dtype).eval()
     assert len(sparseinfer.sparsify(model, fmt, **options).converted) == 3
     return model
-
-
-def _config(directory):
-    with open(os.path.join(directory, "config.json")) as f:
-        return json.load(f)
-
-
-def _keys(directory):
-    with safe_open(os.path.join(directory, "model.safetensors"), "pt") as f:
-        return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
 
 
 def _quiet_load(directory, dtype=torch.float32):
@@ -166,13 +154,6 @@ def checkpoints(tmp_path_factory):
 
 def _copy(checkpoints, fmt, tmp_path):
     return shutil.copytree(checkpoints / fmt, tmp_path / "c")
-
-
-def _edit_tensors(directory, edit):
-    path = os.path.join(directory, "model.safetensors")
-    tensors = load_file(path)
-    edit(tensors)
-    save_file(tensors, path)
 
 
 def _edit_config(directory, edit):

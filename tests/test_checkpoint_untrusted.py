@@ -9,11 +9,10 @@ import warnings
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import sparseinfer
 from sparseinfer.checkpoint import CheckpointError
-from checkpoint_models import compressed_mlp, mlp
+from checkpoint_models import compressed_mlp, edit_tensors as _edit_tensors, mlp
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +37,6 @@ def checkpoints(tmp_path_factory):
 def _copy(src, dst):
     shutil.copytree(src, dst)
     return dst
-
-
-def _edit_tensors(directory, edit):
-    path = os.path.join(directory, "model.safetensors")
-    tensors = load_file(path)
-    edit(tensors)
-    save_file(tensors, path)
 
 
 def _edit_config(directory, edit):

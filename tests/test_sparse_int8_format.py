@@ -17,12 +17,7 @@ GROUPS = [None, 32, 64, 128]
 CLASSES = [CsrInt8, Sparse24Int8]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _pruned(cls, rows, cols, seed=0, sparsity=0.6):

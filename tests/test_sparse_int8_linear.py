@@ -92,13 +92,8 @@ S24_ZOO = [
 ZOOS = {"csr+int8": (CsrInt8, CSR_ZOO), "2:4+int8": (Sparse24Int8, S24_ZOO)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a busy 2-core host: one torch thread (test_threads_keep_the_bits uses two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread (conftest.py); test_threads_keep_the_bits uses two.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache
